@@ -1,0 +1,393 @@
+"""One config tree, the single source of every default.
+
+Defaults are the paper's numbers (SPEC.md); presets are data (dicts of overrides), not code paths.
+A run's config is resolved from: defaults <- preset <- YAML file <- key=value overrides, and saved
+with the run (config.yaml) so that it can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alexnet.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """The network: SPEC section 1. Lists run over the conv layers (conv1..conv5 for the paper)."""
+
+    widths: list[int] = field(default_factory=lambda: [96, 256, 384, 384, 256])  # maps, both towers together
+    kernels: list[int] = field(default_factory=lambda: [11, 5, 3, 3, 3])
+    strides: list[int] = field(default_factory=lambda: [4, 1, 1, 1, 1])
+    # conv1 pads 2, as torchvision: (224 + 4 - 11) // 4 + 1 = 55 maps, the paper's 55x55 (cuda-convnet instead
+    # let its last window read zeros past the edge; Caffe fed 227 crops). Same map sizes either way.
+    pads: list[int] = field(default_factory=lambda: [2, 2, 1, 1, 1])
+    split: list[bool] = field(default_factory=lambda: [False, True, False, True, True])  # sees own tower only
+    lrn_after: list[bool] = field(default_factory=lambda: [True, True, False, False, False])
+    pool_after: list[bool] = field(default_factory=lambda: [True, True, False, False, True])
+    bias_one: list[bool] = field(default_factory=lambda: [False, True, False, True, True])  # paper init
+    fc: list[int] = field(default_factory=lambda: [4096, 4096])  # hidden FC layers (fc6, fc7)
+    fc_bias_one: bool = True  # paper: fc6 and fc7 biases start at 1
+    num_classes: int = 1000
+    towers: int = 2  # 2: split layers are grouped convs (one device) or real towers (--towers DEV0,DEV1)
+    halve_single_tower: bool = True  # towers=1 -> half width except the last conv (the paper's comparison)
+    activation: str = "relu"  # relu | tanh (Figure 1)
+    lrn: bool = True  # master switch for every LRN layer
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    lrn_literal: bool = False  # False: alpha/n per term (authors' code, Caffe, torch); True: paper's text
+    pooling: str = "overlap"  # overlap: window 3 stride 2 | plain: window 2 stride 2 (the ablation)
+    dropout: float = 0.5
+    dropout_position: str = "after"  # after fc6/fc7 (paper) | before fc6/fc7 (torchvision's layout)
+    adaptive_pool: int = 0  # >0: AdaptiveAvgPool2d(n) before the FC layers (torchvision's layout)
+    init: str = "paper"  # paper: N(0, init_std^2), biases 0/1 | torchvision: PyTorch's default init
+    init_std: float = 0.01
+    fc_init_std: float = 0.0  # 0: same as init_std
+
+
+@dataclass
+class DataConfig:
+    """Data and augmentation: SPEC section 3."""
+
+    image_size: int = 256  # S: stored images are S x S, shorter side scaled to S then centre-cropped
+    crop: int = 224  # the network's input
+    random_crop: bool = True  # training crops at random positions (else the centre crop)
+    flip: bool = True  # random horizontal reflection
+    pca_std: float = 0.1  # std of the PCA colour noise coefficients a_i; 0 disables it
+    pca_scale: str = "sqrt"  # sqrt: s_i = sqrt(l_i) in pixel units (authors' code) | eigenvalue: l_i (text)
+    normalize: str = "mean-image"  # mean-image: x - per-pixel mean (paper) | imagenet: torchvision's
+    val_fraction: float = 0.0  # for a single-folder source: share of each class held out for validation
+
+
+@dataclass
+class OptimConfig:
+    """The paper's SGD rule and its schedule: SPEC section 2."""
+
+    batch_size: int = 128  # global batch, split over ranks
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    bias_decay: bool = False  # authors' code: no weight decay on biases
+    bias_lr_mult: float = 1.0  # authors' code used 2; the paper says equal rates
+    rule: str = "paper"  # paper: v = m v - wd lr w - lr g; w += v | torch: torch.optim.SGD's rule
+    schedule: str = "plateau"  # plateau: /10 when val error stops improving | milestones | constant
+    patience: int = 3  # epochs without improvement before a drop
+    drops: int = 3  # the paper divided the rate by 10 three times, then stopped
+    factor: float = 0.1
+    min_improvement: float = 0.0  # in percentage points of top-1 error
+    milestones: list[int] = field(default_factory=list)  # epochs at which lr *= factor (schedule=milestones)
+    warmup_epochs: float = 0.0  # linear warm-up (not in the paper; for large batches)
+
+
+@dataclass
+class TrainConfig:
+    """How a run is executed: devices, precision, logging, checkpoints."""
+
+    epochs: int = 90
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: str = "auto"  # auto (on for CUDA) | on | off
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # CPU threads for torch (0: torch's default, one per core)
+    eval_ten_crop: bool = False  # validation during training: centre crop (fast) or ten crops
+    log_every: int = 50  # steps between logged training metrics (host sync happens only then)
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    keep_last: int = 2  # checkpoints kept besides best.pt
+    on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
+    max_nonfinite: int = 10  # consecutive skipped steps before stopping anyway
+    prefetch: int = 2  # batches prepared ahead by the loader thread
+    store_on_device: bool = False  # hold the uint8 store in device memory (when it fits)
+    max_steps: int = 0  # stop after this many steps in total (0: no limit); for smoke runs
+    limit_train: int = 0  # use only the first N training images (0: all)
+    limit_val: int = 0
+
+
+@dataclass
+class Config:
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Presets: overrides of the defaults above (which are the paper's).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    # Krizhevsky 2014, "One weird trick"; torchvision's alexnet. Same state_dict keys and shapes as
+    # torchvision.models.alexnet so its weights load unchanged; its input normalisation too.
+    "one-tower": {
+        "model": {
+            "widths": [64, 192, 384, 256, 256],
+            "split": [False, False, False, False, False],
+            "towers": 1,
+            "halve_single_tower": False,
+            "lrn": False,
+            "dropout_position": "before",
+            "adaptive_pool": 6,
+        },
+        "data": {"normalize": "imagenet"},
+    },
+    # An AlexNet for 32x32 images keeping the paper's ingredients: two towers, LRN, overlapping pooling,
+    # dropout, ReLU, crops/flips and PCA noise. 24x24 crops as cuda-convnet's CIFAR-10 nets.
+    "cifar": {
+        "model": {
+            "widths": [64, 128, 192, 192, 128],
+            "kernels": [5, 5, 3, 3, 3],
+            "strides": [1, 1, 1, 1, 1],
+            "pads": [2, 2, 1, 1, 1],
+            "fc": [512, 512],
+            "num_classes": 10,
+            "init": "torchvision",
+        },
+        "data": {"image_size": 32, "crop": 24},
+        "optim": {"lr": 0.01, "schedule": "milestones", "milestones": [20, 26], "batch_size": 128},
+        "train": {"epochs": 30},
+    },
+    # Figure 1: the four-layer CIFAR-10 net (three 5x5 conv layers of 32, 32, 64 maps, each followed by 3/2
+    # max-pooling, then a 10-way FC layer), no regularisation.
+    "figure1": {
+        "model": {
+            "widths": [32, 32, 64],
+            "kernels": [5, 5, 5],
+            "strides": [1, 1, 1],
+            "pads": [2, 2, 2],
+            "split": [False, False, False],
+            "lrn_after": [False, False, False],
+            "pool_after": [True, True, True],
+            "bias_one": [False, False, False],
+            "fc": [],
+            "fc_bias_one": False,
+            "num_classes": 10,
+            "towers": 1,
+            "halve_single_tower": False,
+            "lrn": False,
+            "dropout": 0.0,
+            "init": "torchvision",
+        },
+        "data": {"image_size": 32, "crop": 32, "random_crop": False, "flip": False, "pca_std": 0.0},
+        "optim": {"weight_decay": 0.0, "schedule": "constant", "lr": 0.01},
+        "train": {"epochs": 30},
+    },
+    # The small net `alexnet demo` trains on generated images: the paper's ingredients at toy size.
+    "demo": {
+        "model": {
+            "widths": [32, 64, 96, 96, 64],
+            "kernels": [5, 3, 3, 3, 3],
+            "strides": [2, 1, 1, 1, 1],
+            "pads": [2, 1, 1, 1, 1],
+            "fc": [256, 256],
+            "num_classes": 10,
+            "init": "torchvision",
+        },
+        "data": {"image_size": 40, "crop": 32},
+        "optim": {"lr": 0.02, "batch_size": 64, "schedule": "milestones", "milestones": [8]},
+        "train": {"epochs": 10, "log_every": 10},
+    },
+}
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.activation": ("relu", "tanh"),
+    "model.pooling": ("overlap", "plain"),
+    "model.dropout_position": ("after", "before"),
+    "model.init": ("paper", "torchvision"),
+    "data.pca_scale": ("sqrt", "eigenvalue"),
+    "data.normalize": ("mean-image", "imagenet"),
+    "optim.rule": ("paper", "torch"),
+    "optim.schedule": ("plateau", "milestones", "constant"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "train.channels_last": ("auto", "on", "off"),
+    "train.on_nonfinite": ("stop", "skip"),
+}
+
+
+def all_keys() -> list[str]:
+    return [f"{name}.{f.name}" for name, cls in _SECTIONS.items() for f in fields(cls)]
+
+
+def _resolve_key(key: str) -> str:
+    """'lr' -> 'optim.lr' when the bare name is unique; dotted keys are checked as they are."""
+    keys = all_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.split(".", 1)[1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UserError(f"config key '{key}' is ambiguous: write one of {', '.join(matches)}")
+    close = difflib.get_close_matches(key, keys + [k.split(".", 1)[1] for k in keys], n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else " (see `alexnet config --keys`)"
+    raise UserError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check one value against its field's type; int is accepted where float is expected."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (inner,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}' takes a list, got {value!r}")
+        return [_coerce(key, v, inner) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            allowed = CHOICES.get(key)
+            if allowed and value not in allowed:
+                raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'")
+            return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise UserError(f"config key '{key}' takes a {name}, got {value!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    full = _resolve_key(key)
+    section, name = full.split(".", 1)
+    sub = getattr(cfg, section)
+    setattr(sub, name, _coerce(full, value, _hints(type(sub))[name]))
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> None:
+    """Nested {"model": {"lrn": False}} or flat {"model.lrn": False} / {"lrn": False}."""
+    for key, value in overrides.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                set_value(cfg, f"{key}.{sub_key}", sub_value)
+        elif key == "preset":
+            continue
+        else:
+            set_value(cfg, key, value)
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """['lr=0.02', 'model.lrn=false'] -> {'lr': 0.02, 'model.lrn': False} (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"expected key=value, got '{item}' (for example: lr=0.02 model.lrn=false)")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {p} is not valid YAML{where}: fix it or pass key=value overrides") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must hold a mapping of keys to values")
+    return data
+
+
+def validate(cfg: Config) -> None:
+    """Ranges and consistency that types alone do not catch."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    n = len(m.widths)
+    for name in ("kernels", "strides", "pads", "split", "lrn_after", "pool_after", "bias_one"):
+        if len(getattr(m, name)) != n:
+            raise UserError(f"model.{name} has {len(getattr(m, name))} entries but model.widths has {n}")
+    checks = [
+        (n >= 1, "model.widths needs at least one conv layer"),
+        (all(w > 0 for w in m.widths), "model.widths must be positive"),
+        (all(w > 0 for w in m.fc), "model.fc sizes must be positive"),
+        (m.num_classes >= 2, "model.num_classes must be at least 2"),
+        (m.towers in (1, 2), "model.towers must be 1 or 2"),
+        (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (m.lrn_size >= 1, "model.lrn_size must be at least 1"),
+        (m.init_std > 0, "model.init_std must be positive"),
+        (d.image_size > 0 and d.crop > 0, "data.image_size and data.crop must be positive"),
+        (d.crop <= d.image_size, "data.crop must not exceed data.image_size"),
+        (d.pca_std >= 0, "data.pca_std must be >= 0"),
+        (0.0 <= d.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (o.batch_size > 0, "optim.batch_size must be positive"),
+        (o.lr > 0, "optim.lr must be positive"),
+        (0.0 <= o.momentum < 1.0, "optim.momentum must be in [0, 1)"),
+        (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (o.patience >= 1 and o.drops >= 0, "optim.patience must be >= 1 and optim.drops >= 0"),
+        (0.0 < o.factor < 1.0, "optim.factor must be in (0, 1)"),
+        (t.epochs > 0, "train.epochs must be positive"),
+        (t.log_every > 0, "train.log_every must be positive"),
+        (t.keep_last >= 1, "train.keep_last must be at least 1"),
+        (t.checkpoint_every >= 0 and t.max_steps >= 0, "train.checkpoint_every and max_steps must be >= 0"),
+        (t.prefetch >= 1, "train.prefetch must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    if m.towers == 2:
+        for i, (w, s) in enumerate(zip(m.widths, m.split)):
+            if w % 2:
+                raise UserError(f"conv{i + 1} has {w} maps, which two towers cannot share: use an even width")
+            if s and i > 0 and m.widths[i - 1] % 2:
+                raise UserError(f"conv{i + 1} splits by tower but its input width is odd")
+
+
+def build_config(
+    preset: str = "paper",
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """defaults <- preset <- YAML file <- overrides, validated."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
+    cfg = Config(preset=preset)
+    apply_overrides(cfg, PRESETS[preset])
+    if yaml_path is not None:
+        apply_overrides(cfg, load_yaml(yaml_path))
+    apply_overrides(cfg, overrides or {})
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved by to_dict() (config.yaml, checkpoints)."""
+    cfg = Config(preset=data.get("preset", "paper"))
+    apply_overrides(cfg, {k: v for k, v in data.items() if k in _SECTIONS})
+    validate(cfg)
+    return cfg
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    """A copy with whole sections swapped (tests, reproduce runs)."""
+    return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,135 @@
+"""The network of SPEC section 1, built from a ModelConfig.
+
+One class covers every preset: conv layers (conv -> activation -> LRN -> max-pool, as the paper orders
+them) in `features`, then the fully connected layers in `classifier`. Module names and indices follow
+torchvision's alexnet (features.N, classifier.N), so the `one-tower` preset loads torchvision's weights
+unchanged.
+
+Two towers on one device are grouped convolutions: the layers marked `split` (conv2, conv4, conv5) see
+only their own tower's maps (groups=2), conv1, conv3 and the FC layers see both. Channel order is tower 1
+first, and each tower's LRN normalizes over its own maps only (groups=2 in the LRN).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from alexnet.config import ModelConfig
+from alexnet.ops import LocalResponseNorm
+
+
+def conv_widths(cfg: ModelConfig) -> list[int]:
+    """The conv widths actually built: one tower of half width except the last conv layer (paper, 3.2)."""
+    if cfg.towers == 1 and cfg.halve_single_tower:
+        return [w // 2 for w in cfg.widths[:-1]] + [cfg.widths[-1]]
+    return list(cfg.widths)
+
+
+def pool_geometry(cfg: ModelConfig) -> tuple[int, int]:
+    """(window, stride): overlapping 3/2 as the paper, or the 2/2 of its ablation."""
+    return (3, 2) if cfg.pooling == "overlap" else (2, 2)
+
+
+def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
+    """Side of the last conv block's output for a square input, from the layer formulas."""
+    side = input_size
+    window, stride = pool_geometry(cfg)
+    for k, s, p, pooled in zip(cfg.kernels, cfg.strides, cfg.pads, cfg.pool_after):
+        side = (side + 2 * p - k) // s + 1
+        if pooled:
+            side = (side - window) // stride + 1
+        if side < 1:
+            raise ValueError(f"input of {input_size} pixels is too small for this network")
+    return side
+
+
+class AlexNet(nn.Module):
+    """The configurable AlexNet. `forward` gives logits; `embed` gives the last hidden FC layer (fc7)."""
+
+    def __init__(self, cfg: ModelConfig, input_size: int = 224) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_size = input_size
+        widths = conv_widths(cfg)
+        window, stride = pool_geometry(cfg)
+        towers = cfg.towers
+
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i, out_ch in enumerate(widths):
+            groups = towers if cfg.split[i] else 1
+            layers.append(nn.Conv2d(in_ch, out_ch, cfg.kernels[i], cfg.strides[i], cfg.pads[i], groups=groups))
+            layers.append(_activation(cfg.activation))
+            if cfg.lrn and cfg.lrn_after[i]:
+                layers.append(
+                    LocalResponseNorm(
+                        cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn_literal, groups=towers
+                    )
+                )
+            if cfg.pool_after[i]:
+                layers.append(nn.MaxPool2d(window, stride))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+
+        if cfg.adaptive_pool:
+            self.avgpool = nn.AdaptiveAvgPool2d(cfg.adaptive_pool)
+            side = cfg.adaptive_pool
+        else:
+            self.avgpool = nn.Identity()
+            side = feature_map_size(cfg, input_size)
+        flat = in_ch * side * side
+
+        head: list[nn.Module] = []
+        for width in cfg.fc:
+            if cfg.dropout_position == "before" and cfg.dropout > 0:
+                head.append(nn.Dropout(cfg.dropout))
+            head.append(nn.Linear(flat, width))
+            head.append(_activation(cfg.activation))
+            if cfg.dropout_position == "after" and cfg.dropout > 0:
+                head.append(nn.Dropout(cfg.dropout))
+            flat = width
+        head.append(nn.Linear(flat, cfg.num_classes))
+        self.classifier = nn.Sequential(*head)
+        if cfg.init == "paper":
+            self.reset_parameters_paper()
+
+    @torch.no_grad()
+    def reset_parameters_paper(self) -> None:
+        """Paper 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0."""
+        cfg = self.cfg
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        for conv, one in zip(convs, cfg.bias_one):
+            nn.init.normal_(conv.weight, 0.0, cfg.init_std)
+            nn.init.constant_(conv.bias, 1.0 if one else 0.0)
+        linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        for j, linear in enumerate(linears):
+            nn.init.normal_(linear.weight, 0.0, cfg.fc_init_std or cfg.init_std)
+            hidden = j < len(linears) - 1
+            nn.init.constant_(linear.bias, 1.0 if (hidden and cfg.fc_bias_one) else 0.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The last hidden layer's activations (fc7 for the paper: 4096-d), as used for retrieval (Fig. 4).
+
+        Taken after the activation and before dropout; call in eval mode for deterministic vectors.
+        """
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
+        hidden = list(self.classifier)[:-1]
+        if not any(isinstance(m, nn.Linear) for m in hidden):
+            return x  # no hidden FC layer (figure1): the flattened conv features
+        last_act = max(i for i, m in enumerate(hidden) if not isinstance(m, (nn.Linear, nn.Dropout)))
+        for m in hidden[: last_act + 1]:
+            x = m(x)
+        return x
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.ReLU(inplace=True) if name == "relu" else nn.Tanh()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

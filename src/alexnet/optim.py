@@ -1,0 +1,160 @@
+"""The paper's SGD rule and its learning-rate schedule (SPEC section 2).
+
+Paper, section 5:   v <- 0.9 v - 0.0005 * lr * w - lr * grad ;   w <- w + v
+The learning rate lives inside the velocity, so after a drop the old velocity still carries the old rate.
+torch.optim.SGD keeps v <- m v + (grad + wd w) and steps w <- w - lr v: the same while lr is constant,
+different after every drop. Both are offered (optim.rule); the paper's is the default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet.config import OptimConfig
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """v <- m v - wd lr w - lr g;  w <- w + v, per parameter group, with torch's foreach kernels.
+
+    Group options: lr, momentum, weight_decay. Use `param_groups_for` to give biases no decay and an
+    lr multiplier, as the authors' code did.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9,
+                 weight_decay: float = 0.0005) -> None:
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"invalid PaperSGD settings lr={lr} momentum={momentum} weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            velocities = []
+            for p in params:
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                velocities.append(state["velocity"])
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            torch._foreach_mul_(velocities, m)
+            if wd:
+                torch._foreach_add_(velocities, params, alpha=-wd * lr)
+            torch._foreach_add_(velocities, grads, alpha=-lr)
+            torch._foreach_add_(params, velocities)
+        return loss
+
+
+def param_groups_for(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Weights: full decay. Biases (1-d parameters): decay only if cfg.bias_decay, lr times bias_lr_mult.
+
+    Each group carries `lr_mult` so a schedule can set group lr = base lr * lr_mult.
+    """
+    weights, biases = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (biases if p.ndim <= 1 else weights).append(p)
+    groups = [{"params": weights, "weight_decay": cfg.weight_decay, "lr_mult": 1.0, "name": "weights"}]
+    if biases:
+        groups.append({
+            "params": biases,
+            "weight_decay": cfg.weight_decay if cfg.bias_decay else 0.0,
+            "lr_mult": cfg.bias_lr_mult,
+            "name": "biases",
+        })
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_mult"]
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    groups = param_groups_for(model, cfg)
+    for g in groups:
+        g["lr"] *= lr_scale
+    if cfg.rule == "paper":
+        return PaperSGD(groups, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           foreach=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+
+
+class Schedule:
+    """The learning rate per epoch: plateau (paper), milestones, or constant.
+
+    plateau: divide by 1/factor when the validation error has not improved by more than min_improvement
+    for `patience` epochs; at most `drops` times; when it stalls again after the last drop, stop.
+    The decision is a pure function of the validation errors seen, so every rank agrees given the same
+    (exactly reduced) errors, and a resumed run continues identically from the state_dict.
+    """
+
+    def __init__(self, cfg: OptimConfig, base_lr: float) -> None:
+        self.cfg = cfg
+        self.base_lr = base_lr
+        self.lr = base_lr
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.drops_done = 0
+        self.should_stop = False
+        self.history: list[dict[str, float]] = []
+
+    def lr_at(self, epoch_progress: float) -> float:
+        """The rate to use at a (fractional) epoch; only warm-up depends on progress inside an epoch."""
+        w = self.cfg.warmup_epochs
+        if w > 0 and epoch_progress < w:
+            return self.lr * (epoch_progress + 1e-12) / w
+        return self.lr
+
+    def step(self, epoch: int, val_error: float) -> bool:
+        """Record epoch `epoch` (0-based, just finished) with its top-1 error; True when the lr dropped."""
+        cfg = self.cfg
+        dropped = False
+        if cfg.schedule == "milestones":
+            if (epoch + 1) in cfg.milestones:
+                self.lr *= cfg.factor
+                self.drops_done += 1
+                dropped = True
+        elif cfg.schedule == "plateau":
+            if val_error < self.best - cfg.min_improvement:
+                self.best = val_error
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+                if self.bad_epochs >= cfg.patience:
+                    if self.drops_done < cfg.drops:
+                        self.lr *= cfg.factor
+                        self.drops_done += 1
+                        self.bad_epochs = 0
+                        dropped = True
+                    else:
+                        self.should_stop = True
+        self.best = min(self.best, val_error)
+        self.history.append({"epoch": epoch, "val_error": val_error, "lr": self.lr})
+        return dropped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs,
+                "drops_done": self.drops_done, "should_stop": self.should_stop, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr = float(state["lr"])
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.drops_done = int(state["drops_done"])
+        self.should_stop = bool(state["should_stop"])
+        self.history = list(state["history"])

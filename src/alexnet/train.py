@@ -1,0 +1,445 @@
+"""Training: train_one_epoch, fit. The whole core path of a run, readable in one sitting.
+
+Per step: uint8 batch from the loader -> augmentation on the device -> model -> cross-entropy -> the
+paper's SGD step. Per epoch: validation, the schedule, a checkpoint, metrics. All randomness is a pure
+function of (seed, epoch, step or sample index): the data order and augmentation by construction, dropout
+by seeding torch's generator at every step. So a run resumed from any checkpoint, mid-epoch included,
+ends with the same weights as one that never stopped.
+
+Commands (one GPU, N GPUs, several machines) are in the README; `alexnet train --help` lists the flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.checkpoint import CheckpointManager
+from alexnet.config import Config, save_yaml
+from alexnet.data.augment import ColourStats, augment_train
+from alexnet.data.loader import BatchLoader
+from alexnet.errors import UserError
+from alexnet.evaluate import evaluate
+from alexnet.model import AlexNet
+from alexnet.optim import Schedule, build_optimizer, set_lr
+from alexnet.parallel import DistContext, all_reduce_max, init_distributed, shutdown
+
+EXIT_SIGTERM, EXIT_SIGINT = 143, 130
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT. The handler only records the signal; the loop acts at a step boundary."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """Seed of torch's generator (dropout) for one step of one rank: a pure function of its position."""
+    return (((seed * 1_000_003 + epoch) * 1_000_033 + step) * 1_009 + rank) & 0x7FFF_FFFF_FFFF
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint must hold to continue exactly."""
+
+    epoch: int = 0  # the epoch in progress
+    step_in_epoch: int = 0  # the next step to run within it
+    global_step: int = 0
+    best_error: float = math.inf
+    nonfinite_in_row: int = 0
+    nonfinite_skipped: int = 0
+    # running sums of the epoch in progress: loss, correct, samples (for the epoch's training error)
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def precision_context(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+
+
+class Run:
+    """One training run in RUN_DIR: model, optimizer, schedule, data, logs, checkpoints."""
+
+    def __init__(self, cfg: Config, store: Any, run_dir: Path, ctx: DistContext, progress: bool = True) -> None:
+        self.cfg, self.store, self.run_dir, self.ctx = cfg, store, run_dir, ctx
+        self.device = ctx.device
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.model = AlexNet(cfg.model, cfg.data.crop).to(self.device)
+        if use_channels_last(cfg, self.device):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model
+        if ctx.distributed:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if t.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.schedule = Schedule(cfg.optim, cfg.optim.lr)
+        self.state = RunState()
+        self.autocast = precision_context(cfg, self.device)
+        self.stats = ColourStats.build(torch.from_numpy(store.mean), torch.from_numpy(store.pca_eigenvectors),
+                                       torch.from_numpy(store.pca_eigenvalues), cfg.data.normalize, self.device)
+        train = store.split("train")
+        self.train_loader = BatchLoader(train.images, train.labels, cfg.optim.batch_size, self.device,
+                                        rank=ctx.rank, world_size=ctx.world_size, prefetch=t.prefetch,
+                                        limit=t.limit_train, on_device=t.store_on_device)
+        if self.train_loader.steps_per_epoch() < 1:
+            raise UserError(f"the training split has {self.train_loader.n} images, fewer than one batch of "
+                            f"{cfg.optim.batch_size}: lower optim.batch_size")
+        val_split = store.split("val") if store.has_split("val") else None
+        self.val_loader = None
+        if val_split is not None:
+            self.val_loader = BatchLoader(val_split.images, val_split.labels, cfg.optim.batch_size, self.device,
+                                          rank=ctx.rank, world_size=ctx.world_size, prefetch=t.prefetch,
+                                          limit=t.limit_val)
+        self.checkpoints = CheckpointManager(run_dir, t.keep_last)
+        self.progress = progress and ctx.is_main and sys.stderr.isatty()
+        self.stop = StopFlag()
+        self.writer = None
+        self.metrics_file = None
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        s = self.store
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "run": self.state.to_dict(),
+            "classes": list(s.classes),
+            "class_names": list(s.class_names),
+            "mean": torch.from_numpy(s.mean.copy()),
+            "pca_eigenvalues": torch.from_numpy(s.pca_eigenvalues.copy()),
+            "pca_eigenvectors": torch.from_numpy(s.pca_eigenvectors.copy()),
+            "world_size": self.ctx.world_size,
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        saved_preset = ckpt["config"].get("preset")
+        if saved_preset != self.cfg.preset:
+            raise UserError(f"the checkpoint is of preset '{saved_preset}', this run is '{self.cfg.preset}': "
+                            "resume with the same preset or start a new --out")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError:
+            raise UserError("the checkpoint's weights do not fit this model (different config): resume with "
+                            "the run's own config.yaml") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.state = RunState(**ckpt["run"])
+
+    def save(self, is_best: bool = False) -> None:
+        if not self.ctx.is_main:
+            return
+        try:
+            self.checkpoints.save(self.state_dict(), self.state.global_step, is_best)
+        except OSError as exc:  # disk full, no permission: keep training, the previous checkpoint is intact
+            print(f"alexnet: warning: checkpoint not saved ({exc.strerror or exc}); the previous one is kept",
+                  file=sys.stderr)
+
+    # ----------------------------------------------------------------------------------------- logging
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        if self.metrics_file is None:
+            self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.writer is not None:
+            prefix = record["kind"]
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step", "kind"):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, record.get("step", 0))
+
+    def open_logs(self) -> None:
+        if not self.ctx.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is a dependency; a broken install only loses the event files
+            self.writer = None
+
+    def close_logs(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+            self.metrics_file = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # ----------------------------------------------------------------------------------------- training
+    def train_one_epoch(self, epoch: int) -> str:
+        """Run the rest of `epoch`; returns 'done', or 'signal' / 'max_steps' when stopped at a boundary."""
+        cfg, t, st = self.cfg, self.cfg.train, self.state
+        loader, device = self.train_loader, self.device
+        steps = loader.steps_per_epoch()
+        self.net.train()
+        sums = torch.tensor(st.epoch_sums, dtype=torch.float64, device=device)
+        interval_loss = torch.zeros((), dtype=torch.float64, device=device)
+        interval_start, interval_steps = time.perf_counter(), 0
+        check_every_step = device.type == "cpu" or t.on_nonfinite == "skip"
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, initial=st.step_in_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                       unit="step", dynamic_ncols=True, leave=False)
+        try:
+            for batch in loader.train_epoch(t.seed, epoch, st.step_in_epoch):
+                lr = self.schedule.lr_at(epoch + batch.step / steps)
+                set_lr(self.optimizer, lr)
+                torch.manual_seed(step_seed(t.seed, epoch, batch.step, self.ctx.rank))
+                x = augment_train(batch.images, batch.index, cfg.data, self.stats, t.seed, epoch)
+                if not use_channels_last(cfg, device):
+                    x = x.contiguous()
+                with self.autocast:
+                    logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), batch.labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                gnorm = torch.nn.utils.get_total_norm(grads)
+                bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))
+                if check_every_step and bool(bad):
+                    if t.on_nonfinite == "skip":
+                        st.nonfinite_in_row += 1
+                        st.nonfinite_skipped += 1
+                        if st.nonfinite_in_row >= t.max_nonfinite:
+                            raise UserError(f"{st.nonfinite_in_row} non-finite steps in a row up to step "
+                                            f"{st.global_step}: lower the learning rate; the last good "
+                                            "checkpoint is kept")
+                        st.step_in_epoch = batch.step + 1
+                        st.global_step += 1
+                        continue
+                    raise UserError(f"the loss or gradient became non-finite at step {st.global_step} "
+                                    f"(epoch {epoch + 1}): lower the learning rate or set on_nonfinite=skip; "
+                                    "the last good checkpoint is kept")
+                st.nonfinite_in_row = 0
+                first_bad = torch.where(bad & (first_bad < 0), st.global_step, first_bad)
+                self.optimizer.step()
+
+                n = batch.labels.numel()
+                correct = (logits.detach().argmax(1) == batch.labels).sum()
+                sums += torch.stack([loss.detach().double() * n, correct.double(),
+                                     torch.tensor(float(n), dtype=torch.float64, device=device)])
+                interval_loss += loss.detach().double()
+                interval_steps += 1
+                st.step_in_epoch = batch.step + 1
+                st.global_step += 1
+
+                at_log = st.global_step % t.log_every == 0
+                if at_log:
+                    if int(first_bad) >= 0:
+                        raise UserError(f"the loss or gradient became non-finite at step {int(first_bad)}: "
+                                        "lower the learning rate; the last good checkpoint is kept")
+                    elapsed = time.perf_counter() - interval_start
+                    mean_loss = float(interval_loss) / max(interval_steps, 1)
+                    ips = interval_steps * cfg.optim.batch_size / max(elapsed, 1e-9)
+                    self.log({"kind": "train", "epoch": epoch, "step": st.global_step, "loss": mean_loss,
+                              "lr": lr, "images_per_s": ips, "time": time.time()})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{ips:.0f}", lr=f"{lr:.2g}")
+                    interval_loss.zero_()
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if bar is not None:
+                    bar.update(1)
+
+                if at_log or check_every_step or self.ctx.distributed:
+                    reason = self._should_pause()
+                    if reason:
+                        st.epoch_sums = sums.tolist()
+                        return reason
+                if t.checkpoint_every and st.global_step % t.checkpoint_every == 0 and batch.step + 1 < steps:
+                    st.epoch_sums = sums.tolist()
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        if int(first_bad) >= 0:
+            raise UserError(f"the loss or gradient became non-finite at step {int(first_bad)}: "
+                            "lower the learning rate; the last good checkpoint is kept")
+        st.epoch_sums = sums.tolist()
+        return "done"
+
+    def _should_pause(self) -> str:
+        """A signal on any rank, or the step limit: every rank must agree, so the flag is max-reduced."""
+        flag = torch.tensor([self.stop.signum], dtype=torch.int64, device=self.device)
+        if self.ctx.distributed:
+            all_reduce_max(flag)
+        if int(flag[0]):
+            self.stop.signum = self.stop.signum or int(flag[0])
+            return "signal"
+        if self.cfg.train.max_steps and self.state.global_step >= self.cfg.train.max_steps:
+            return "max_steps"
+        return ""
+
+    def fit(self, resume: str | None) -> int:
+        """Train to the end (or a stop); returns the exit status."""
+        cfg, st = self.cfg, self.state
+        if resume:
+            self._resume(resume)
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.run_dir / "config.yaml")
+        self.open_logs()
+        self.stop.install()
+        try:
+            while st.epoch < cfg.train.epochs and not self.schedule.should_stop:
+                epoch = st.epoch
+                start = time.perf_counter()
+                outcome = self.train_one_epoch(epoch)
+                if outcome != "done":
+                    self.save()
+                    if outcome == "signal":
+                        name = "SIGINT" if self.stop.signum == signal.SIGINT else "SIGTERM"
+                        self.say(f"{name}: checkpoint saved at step {st.global_step}; resume with --resume auto")
+                        return EXIT_SIGINT if self.stop.signum == signal.SIGINT else EXIT_SIGTERM
+                    return 0
+                loss_sum, correct, seen = st.epoch_sums
+                record = {"kind": "epoch", "epoch": epoch, "step": st.global_step,
+                          "train_loss": loss_sum / max(seen, 1), "train_top1_error": 100 * (1 - correct / max(seen, 1)),
+                          "lr": self.schedule.lr, "epoch_time": time.perf_counter() - start}
+                val = self.validate()
+                is_best = False
+                if val is not None:
+                    record.update({f"val_{k}": v for k, v in val.items()})
+                    is_best = val["top1_error"] < st.best_error
+                    st.best_error = min(st.best_error, val["top1_error"])
+                    record["lr_dropped"] = self.schedule.step(epoch, val["top1_error"])
+                else:
+                    record["lr_dropped"] = self.schedule.step(epoch, record["train_top1_error"])
+                st.epoch, st.step_in_epoch, st.epoch_sums = epoch + 1, 0, [0.0, 0.0, 0.0]
+                self.log(record)
+                self.say(_epoch_line(record, cfg.train.epochs))
+                self.save(is_best=is_best or val is None)
+                self.plot_curves()
+                if self.stop.signum:
+                    return EXIT_SIGINT if self.stop.signum == signal.SIGINT else EXIT_SIGTERM
+        finally:
+            self.stop.uninstall()
+            self.close_logs()
+        return 0
+
+    def validate(self) -> dict[str, float] | None:
+        if self.val_loader is None:
+            return None
+        return evaluate([self.net], self.val_loader, self.cfg.data, [self.stats], self.cfg.train.eval_ten_crop,
+                        self.autocast)
+
+    def _resume(self, resume: str) -> None:
+        if resume == "auto":
+            found = self.checkpoints.newest_valid(self.device)
+            if found is None:
+                return  # nothing saved yet: start from the beginning
+            path, ckpt = found
+        else:
+            from alexnet.checkpoint import load_checkpoint
+
+            path, ckpt = Path(resume), load_checkpoint(resume, self.device)
+        self.load_state_dict(ckpt)
+        self.say(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
+
+    def plot_curves(self) -> None:
+        if not self.ctx.is_main:
+            return
+        try:
+            from alexnet.plots import plot_curves
+
+            plot_curves([self.run_dir], self.run_dir / "curves.png")
+        except Exception as exc:  # a figure must never stop a training run
+            print(f"alexnet: warning: curves.png not written ({exc})", file=sys.stderr)
+
+    def say(self, line: str) -> None:
+        if self.ctx.is_main:
+            print(line, flush=True)
+
+
+def _epoch_line(r: dict[str, Any], epochs: int) -> str:
+    val = ""
+    if "val_top1_error" in r:
+        val = f"  val top-1 {r['val_top1_error']:.2f}%  top-5 {r['val_top5_error']:.2f}%"
+    drop = "  (lr dropped)" if r.get("lr_dropped") else ""
+    return (f"epoch {r['epoch'] + 1}/{epochs}  loss {r['train_loss']:.4f}  train top-1 "
+            f"{r['train_top1_error']:.2f}%{val}  lr {r['lr']:.3g}  {r['epoch_time']:.1f}s{drop}")
+
+
+def prepare_run_dir(run_dir: Path, resume: str | None) -> None:
+    """Refuse to write over an existing run unless it is being resumed."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file: choose a directory")
+    existing = run_dir.is_dir() and any((run_dir / n).exists() for n in ("config.yaml", "last.pt", "checkpoints"))
+    if existing and not resume:
+        raise UserError(f"{run_dir} already holds a run: continue it with --resume auto or choose another --out")
+
+
+def train(cfg: Config, data: str, run_dir: str | Path, resume: str | None = None, progress: bool = True) -> int:
+    """The `alexnet train` entry point: data, run directory, processes, then Run.fit."""
+    from alexnet.data.resolve import resolve_data
+
+    run_dir = Path(run_dir)
+    ctx = init_distributed(cfg.train.device)
+    try:
+        if ctx.is_main:
+            prepare_run_dir(run_dir, resume)
+        store = resolve_data(data, run_dir.parent / "stores", cfg.data.image_size, progress=ctx.is_main)
+        adapt_to_store(cfg, store)
+        run = Run(cfg, store, run_dir, ctx, progress)
+        return run.fit(resume)
+    finally:
+        shutdown()
+
+
+def adapt_to_store(cfg: Config, store: Any) -> None:
+    """Take the class count and image size from the store (a 10-class folder trains a 10-way net)."""
+    n = len(store.classes)
+    if n < 2:
+        raise UserError(f"the data has {n} class: training needs at least two")
+    cfg.model.num_classes = n
+    if store.size != cfg.data.image_size:
+        if store.size < cfg.data.crop:
+            raise UserError(f"the store holds {store.size}x{store.size} images, smaller than the {cfg.data.crop} "
+                            "crop: prepare it with a larger --size or set data.crop")
+        cfg.data.image_size = store.size
