@@ -85,7 +85,7 @@ class BatchLoader:
         def index_of(step: int) -> Tensor:
             return order[step * self.batch_size:(step + 1) * self.batch_size][lo:hi]
 
-        return self._prefetched((self._make(index_of(s), s) for s in range(start_step, self.steps_per_epoch())))
+        return self._prefetched(self._make(index_of(s), s) for s in range(start_step, self.steps_per_epoch()))
 
     def eval_batches(self) -> Iterator[Batch]:
         """This rank's contiguous share of the whole split, in order, the last batch possibly short."""

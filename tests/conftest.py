@@ -1,0 +1,39 @@
+"""Shared fixtures: small generated image sets and stores, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tests run two at a time on a 2-core machine
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """A generated ImageFolder (train/ and val/) of 4 shape classes, 40x40 PNGs."""
+    from alexnet.data.synthetic import write_image_folder
+
+    root = tmp_path_factory.mktemp("shapes")
+    return write_image_folder(root, train_per_class=48, val_per_class=12, size=40, seed=0,
+                              classes=("disc", "square", "h-stripes", "cross"))
+
+
+@pytest.fixture(scope="session")
+def shapes_store(shapes_folder, tmp_path_factory) -> Path:
+    from alexnet.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("store") / "store"
+    prepare(shapes_folder, out, size=36, workers=1, progress=False)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real command line in a fresh process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
