@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,7 +51,7 @@ class ModelConfig:
     dropout: float = 0.5
     dropout_position: str = "after"  # after fc6/fc7 (paper) | before fc6/fc7 (torchvision's layout)
     adaptive_pool: int = 0  # >0: AdaptiveAvgPool2d(n) before the FC layers (torchvision's layout)
-    init: str = "paper"  # paper: N(0, init_std^2), biases 0/1 | torchvision: PyTorch's default init
+    init: str = "paper"  # paper: N(0, init_std^2), biases 0/1 | torchvision: PyTorch's default | kaiming
     init_std: float = 0.01
     fc_init_std: float = 0.0  # 0: same as init_std
 
@@ -86,6 +88,9 @@ class OptimConfig:
     min_improvement: float = 0.0  # in percentage points of top-1 error
     milestones: list[int] = field(default_factory=list)  # epochs at which lr *= factor (schedule=milestones)
     warmup_epochs: float = 0.0  # linear warm-up (not in the paper; for large batches)
+    # none: lr as given | linear: lr x batch_size / 128, the paper's batch (large-batch mode, Goyal et al. 2017;
+    # pair it with warmup_epochs, e.g. 5)
+    lr_scaling: str = "none"
 
 
 @dataclass
@@ -158,7 +163,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 30},
     },
     # Figure 1: the four-layer CIFAR-10 net (three 5x5 conv layers of 32, 32, 64 maps, each followed by 3/2
-    # max-pooling, then a 10-way FC layer), no regularisation.
+    # max-pooling, then a 10-way FC layer), no regularisation. Inputs are scaled to unit variance (`imagenet`
+    # normalisation) so that tanh units do not start saturated: on mean-subtracted pixel values (std ~63)
+    # PyTorch's default init gives conv1 pre-activations of std ~36, where tanh is flat.
     "figure1": {
         "model": {
             "widths": [32, 32, 64],
@@ -178,7 +185,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "dropout": 0.0,
             "init": "torchvision",
         },
-        "data": {"image_size": 32, "crop": 32, "random_crop": False, "flip": False, "pca_std": 0.0},
+        "data": {"image_size": 32, "crop": 32, "random_crop": False, "flip": False, "pca_std": 0.0,
+                 "normalize": "imagenet"},
         "optim": {"weight_decay": 0.0, "schedule": "constant", "lr": 0.01},
         "train": {"epochs": 30},
     },
@@ -205,11 +213,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.activation": ("relu", "tanh"),
     "model.pooling": ("overlap", "plain"),
     "model.dropout_position": ("after", "before"),
-    "model.init": ("paper", "torchvision"),
+    "model.init": ("paper", "torchvision", "kaiming"),
     "data.pca_scale": ("sqrt", "eigenvalue"),
     "data.normalize": ("mean-image", "imagenet"),
     "optim.rule": ("paper", "torch"),
     "optim.schedule": ("plateau", "milestones", "constant"),
+    "optim.lr_scaling": ("none", "linear"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
     "train.on_nonfinite": ("stop", "skip"),
@@ -285,6 +294,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> None:
             set_value(cfg, key, value)
 
 
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def parse_assignments(items: list[str]) -> dict[str, Any]:
     """['lr=0.02', 'model.lrn=false'] -> {'lr': 0.02, 'model.lrn': False} (values read as YAML)."""
     out: dict[str, Any] = {}
@@ -293,9 +305,12 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
             raise UserError(f"expected key=value, got '{item}' (for example: lr=0.02 model.lrn=false)")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            out[key.strip()] = raw
+            value = raw
+        if isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string; on a command line it means a number
+        out[key.strip()] = value
     return out
 
 
@@ -337,7 +352,7 @@ def validate(cfg: Config) -> None:
         (d.pca_std >= 0, "data.pca_std must be >= 0"),
         (0.0 <= d.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (o.batch_size > 0, "optim.batch_size must be positive"),
-        (o.lr > 0, "optim.lr must be positive"),
+        (0 < o.lr < math.inf, "optim.lr must be positive"),  # and finite: inf would only turn into NaN
         (0.0 <= o.momentum < 1.0, "optim.momentum must be in [0, 1)"),
         (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (o.patience >= 1 and o.drops >= 0, "optim.patience must be >= 1 and optim.drops >= 0"),

@@ -1,13 +1,19 @@
-"""Processes and devices: torchrun's environment, the process group, DDP.
+"""Processes and devices: torchrun's environment, the process group, elastic restarts.
 
 Launch with `alexnet train --nproc N ...` or `torchrun --nproc-per-node N -m alexnet train ...`: rank,
 local rank and world size come from torchrun's environment variables. NCCL on GPUs, gloo on CPUs.
+
+Elastic restarts: torchrun --max-restarts R restarts every worker when one fails, with
+TORCHELASTIC_RESTART_COUNT counting the restarts. A restarted worker resumes the run from its newest
+checkpoint, but only a run started by the same torchrun job (TORCHELASTIC_RUN_ID, recorded in
+RUN/.torchrun-job): a first attempt refused for an existing run directory stays refused.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -59,7 +65,17 @@ def init_distributed(device_name: str) -> DistContext:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        device_id = device if device.type == "cuda" else None
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend=backend, device_id=device_id)
+        else:
+            # torchrun keeps one key-value store across restarts, where the workers of a failed attempt left
+            # their addresses: a restarted worker could read a dead peer's and fail to connect (seen with
+            # gloo; pytorch/pytorch#167288 for NCCL). Each attempt gets keys of its own.
+            store, _, _ = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"alexnet/attempt-{attempt}/", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, device_id=device_id)
     return DistContext(rank, world, local_rank, device)
 
 
@@ -83,3 +99,29 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+JOB_FILE = ".torchrun-job"
+
+
+def elastic_resume(run_dir: Path) -> str | None:
+    """'auto' in a worker restarted by torchrun for the job that started `run_dir`, else None."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) < 1:
+        return None
+    try:
+        recorded = (run_dir / JOB_FILE).read_text().strip()
+    except OSError:
+        return None
+    return "auto" if recorded == os.environ.get("TORCHELASTIC_RUN_ID", "") else None
+
+
+def mark_elastic_job(run_dir: Path) -> None:
+    """Record the torchrun job that owns `run_dir` (nothing outside torchrun)."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not job:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / JOB_FILE).write_text(job + "\n")
+    except OSError:
+        pass  # an unwritable directory is reported when the run writes its config

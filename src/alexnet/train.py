@@ -25,21 +25,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.checkpoint import CheckpointManager
-from alexnet.config import Config, save_yaml
+from alexnet import faults
+from alexnet.checkpoint import CheckpointManager, atomic_write_text
+from alexnet.config import Config
 from alexnet.data.augment import ColourStats, augment_train
 from alexnet.data.loader import BatchLoader
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
 from alexnet.model import AlexNet
 from alexnet.optim import Schedule, build_optimizer, set_lr
-from alexnet.parallel import DistContext, all_reduce_max, init_distributed, shutdown
+from alexnet.parallel import (
+    DistContext,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    elastic_resume,
+    init_distributed,
+    mark_elastic_job,
+    shutdown,
+)
+from alexnet.towers import TwoTowerAlexNet, grouped_optimizer_state, load_grouped_optimizer_state
 
 EXIT_SIGTERM, EXIT_SIGINT = 143, 130
+MAX_FAILED_SAVES = 3  # checkpoint saves failing in a row (disk full, no permission) before the run stops
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT. The handler only records the signal; the loop acts at a step boundary."""
+    """Set by SIGTERM/SIGINT. The handler only records the signal; the loop acts at a step boundary.
+
+    A second Ctrl-C (SIGINT) stops at once, without the checkpoint: for someone who cannot wait for the
+    step to finish. The atomic save means even that leaves no broken file.
+    """
 
     def __init__(self) -> None:
         self.signum = 0
@@ -55,6 +71,8 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = self.signum or signum
 
 
@@ -89,6 +107,22 @@ def precision_context(cfg: Config, device: torch.device) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def lr_scale(cfg: Config) -> float:
+    """Large-batch mode (optim.lr_scaling=linear): the paper's rates are for batches of 128, and a batch k
+    times larger takes k times the rate (Goyal et al. 2017), best reached by a linear warm-up."""
+    return cfg.optim.batch_size / 128 if cfg.optim.lr_scaling == "linear" else 1.0
+
+
+def large_batch_note(cfg: Config, scale: float) -> str:
+    """The log line saying how the rates were scaled ('' when they were not)."""
+    if cfg.optim.lr_scaling != "linear":
+        return ""
+    o = cfg.optim
+    warm = (f"linear warm-up over {o.warmup_epochs:g} epochs" if o.warmup_epochs > 0 else
+            "no warm-up (optim.warmup_epochs=0; large scaled rates can diverge early: consider 5)")
+    return f"large-batch mode: lr {o.lr:g} x {o.batch_size}/128 = {o.lr * scale:g}, {warm}"
+
+
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
     # auto: on for CUDA and the CPU alike; on this project's 2-core CPU benchmark channels_last made the paper
     # preset's training step 1.15x faster than NCHW (docs/PERFORMANCE.md).
@@ -98,14 +132,17 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
 class Run:
     """One training run in RUN_DIR: model, optimizer, schedule, data, logs, checkpoints."""
 
-    def __init__(self, cfg: Config, store: Any, run_dir: Path, ctx: DistContext, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, store: Any, run_dir: Path, ctx: DistContext, progress: bool = True,
+                 towers: list[torch.device] | None = None) -> None:
         self.cfg, self.store, self.run_dir, self.ctx = cfg, store, run_dir, ctx
-        self.device = ctx.device
+        # --towers: the paper's two devices; batches, augmentation and the loss live on the first
+        self.device = towers[0] if towers else ctx.device
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(cfg.train.seed)
-        self.model = AlexNet(cfg.model, cfg.data.crop).to(self.device)
+        grouped = AlexNet(cfg.model, cfg.data.crop)
+        self.model: nn.Module = TwoTowerAlexNet.from_grouped(grouped, towers) if towers else grouped.to(self.device)
         if use_channels_last(cfg, self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model
@@ -114,8 +151,9 @@ class Run:
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         if t.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.schedule = Schedule(cfg.optim, cfg.optim.lr)
+        self.lr_scale = lr_scale(cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr_scale)
+        self.schedule = Schedule(cfg.optim, cfg.optim.lr * self.lr_scale)
         self.state = RunState()
         self.autocast = precision_context(cfg, self.device)
         self.stats = ColourStats.build(torch.from_numpy(store.mean), torch.from_numpy(store.pca_eigenvectors),
@@ -134,6 +172,10 @@ class Run:
                                           rank=ctx.rank, world_size=ctx.world_size, prefetch=t.prefetch,
                                           limit=t.limit_val)
         self.checkpoints = CheckpointManager(run_dir, t.keep_last)
+        self.failed_saves = 0  # in a row
+        self.saved_step: int | None = None  # global step of the newest checkpoint of this run, if any
+        self.resumed_step: int | None = None
+        self.saved_this_process = False
         self.progress = progress and ctx.is_main and sys.stderr.isatty()
         self.stop = StopFlag()
         self.writer = None
@@ -145,7 +187,7 @@ class Run:
         return {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": grouped_optimizer_state(self.model, self.optimizer),  # towers: as if grouped
             "schedule": self.schedule.state_dict(),
             "run": self.state.to_dict(),
             "classes": list(s.classes),
@@ -166,32 +208,68 @@ class Run:
         except RuntimeError:
             raise UserError("the checkpoint's weights do not fit this model (different config): resume with "
                             "the run's own config.yaml") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_grouped_optimizer_state(self.model, self.optimizer, ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.state = RunState(**ckpt["run"])
 
-    def save(self, is_best: bool = False) -> None:
+    def save(self, is_best: bool = False) -> bool:
+        """Checkpoint the run; False when the write failed (the previous checkpoint is then intact)."""
         if not self.ctx.is_main:
-            return
+            return True
         try:
+            if not self.saved_this_process:
+                self._tidy_checkpoints()
             self.checkpoints.save(self.state_dict(), self.state.global_step, is_best)
         except OSError as exc:  # disk full, no permission: keep training, the previous checkpoint is intact
-            print(f"alexnet: warning: checkpoint not saved ({exc.strerror or exc}); the previous one is kept",
-                  file=sys.stderr)
+            self.failed_saves += 1
+            why = exc.strerror or str(exc)
+            kept = "no earlier checkpoint" if self.saved_step is None else f"the one of step {self.saved_step} is kept"
+            if self.failed_saves >= MAX_FAILED_SAVES:
+                raise UserError(f"{self.failed_saves} checkpoint saves in a row failed ({why}) in "
+                                f"{self.checkpoints.dir}: free space or fix permissions, then resume with "
+                                f"--resume auto; {kept}") from None
+            print(f"alexnet: warning: checkpoint of step {self.state.global_step} not saved ({why}); {kept}; "
+                  f"training goes on (stops after {MAX_FAILED_SAVES} failures in a row)", file=sys.stderr)
+            return False
+        self.failed_saves = 0
+        self.saved_step = self.state.global_step
+        self.saved_this_process = True
+        return True
+
+    def _tidy_checkpoints(self) -> None:
+        """Before this process's first save: temporary files of saves killed part-way go, and checkpoints
+        newer than the one resumed from (unreadable ones, or a later point of a rewound run) are set aside."""
+        self.checkpoints.remove_leftovers()
+        if self.resumed_step is not None:
+            for path in self.checkpoints.set_aside_newer_than(self.resumed_step):
+                print(f"alexnet: warning: {path.name[:-len('.unused')]} is newer than the checkpoint resumed from; "
+                      f"renamed to {path.name}", file=sys.stderr)
 
     # ----------------------------------------------------------------------------------------- logging
     def log(self, record: dict[str, Any]) -> None:
         if not self.ctx.is_main:
             return
-        if self.metrics_file is None:
-            self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
-        self.metrics_file.write(json.dumps(record) + "\n")
-        self.metrics_file.flush()
+        try:
+            if self.metrics_file is None:
+                self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
+        except OSError as exc:  # a full disk loses a metrics line, not the run (checkpoints guard the weights)
+            self._log_failed("metrics.jsonl", exc)
         if self.writer is not None:
             prefix = record["kind"]
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step", "kind"):
-                    self.writer.add_scalar(f"{prefix}/{key}", value, record.get("step", 0))
+            try:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key not in ("epoch", "step", "kind"):
+                        self.writer.add_scalar(f"{prefix}/{key}", value, record.get("step", 0))
+            except OSError as exc:
+                self._log_failed("tensorboard events", exc)
+                self.writer = None
+
+    def _log_failed(self, what: str, exc: OSError) -> None:
+        if not getattr(self, "_log_warned", False):
+            print(f"alexnet: warning: {what} not written ({exc.strerror or exc}); training goes on", file=sys.stderr)
+            self._log_warned = True
 
     def open_logs(self) -> None:
         if not self.ctx.is_main:
@@ -199,17 +277,22 @@ class Run:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            # purge_step hides events a killed process logged past the checkpoint resumed from
+            purge = None if self.resumed_step is None else self.resumed_step + 1
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
         except ImportError:  # tensorboard is a dependency; a broken install only loses the event files
             self.writer = None
 
     def close_logs(self) -> None:
-        if self.metrics_file is not None:
-            self.metrics_file.close()
-            self.metrics_file = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        try:
+            if self.metrics_file is not None:
+                self.metrics_file.close()
+            if self.writer is not None:
+                self.writer.close()
+        except OSError as exc:
+            self._log_failed("logs", exc)
+        self.metrics_file = None
+        self.writer = None
 
     # ----------------------------------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> str:
@@ -219,6 +302,7 @@ class Run:
         steps = loader.steps_per_epoch()
         self.net.train()
         sums = torch.tensor(st.epoch_sums, dtype=torch.float64, device=device)
+        sums_at_start = sums.clone()
         interval_loss = torch.zeros((), dtype=torch.float64, device=device)
         interval_start, interval_steps = time.perf_counter(), 0
         check_every_step = device.type == "cpu" or t.on_nonfinite == "skip"
@@ -240,6 +324,8 @@ class Run:
                 with self.autocast:
                     logits = self.net(x)
                 loss = F.cross_entropy(logits.float(), batch.labels)
+                if faults.nan_at_step(st.global_step + 1):  # steps counted from 1, as in metrics.jsonl
+                    loss = loss * math.nan
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -251,16 +337,15 @@ class Run:
                         st.nonfinite_skipped += 1
                         if st.nonfinite_in_row >= t.max_nonfinite:
                             raise UserError(f"{st.nonfinite_in_row} non-finite steps in a row up to step "
-                                            f"{st.global_step}: lower the learning rate; the last good "
-                                            "checkpoint is kept")
+                                            f"{st.global_step + 1}: lower the learning rate; {self._kept()}")
                         st.step_in_epoch = batch.step + 1
                         st.global_step += 1
                         continue
-                    raise UserError(f"the loss or gradient became non-finite at step {st.global_step} "
+                    raise UserError(f"the loss or gradient became non-finite at step {st.global_step + 1} "
                                     f"(epoch {epoch + 1}): lower the learning rate or set on_nonfinite=skip; "
-                                    "the last good checkpoint is kept")
+                                    f"{self._kept()}")
                 st.nonfinite_in_row = 0
-                first_bad = torch.where(bad & (first_bad < 0), st.global_step, first_bad)
+                first_bad = torch.where(bad & (first_bad < 0), st.global_step + 1, first_bad)
                 self.optimizer.step()
 
                 n = batch.labels.numel()
@@ -273,10 +358,10 @@ class Run:
                 st.global_step += 1
 
                 at_log = st.global_step % t.log_every == 0
+                at_save = bool(t.checkpoint_every) and st.global_step % t.checkpoint_every == 0
+                if at_log or at_save:  # never log or save past an undetected bad step (GPU: checked lazily)
+                    self._raise_if_bad(first_bad)
                 if at_log:
-                    if int(first_bad) >= 0:
-                        raise UserError(f"the loss or gradient became non-finite at step {int(first_bad)}: "
-                                        "lower the learning rate; the last good checkpoint is kept")
                     elapsed = time.perf_counter() - interval_start
                     mean_loss = float(interval_loss) / max(interval_steps, 1)
                     ips = interval_steps * cfg.optim.batch_size / max(elapsed, 1e-9)
@@ -289,30 +374,49 @@ class Run:
                 if bar is not None:
                     bar.update(1)
 
-                if at_log or check_every_step or self.ctx.distributed:
-                    reason = self._should_pause()
-                    if reason:
-                        st.epoch_sums = sums.tolist()
-                        return reason
-                if t.checkpoint_every and st.global_step % t.checkpoint_every == 0 and batch.step + 1 < steps:
-                    st.epoch_sums = sums.tolist()
+                reason = self._should_pause()
+                if reason:
+                    self._raise_if_bad(first_bad)  # the caller saves next
+                    st.epoch_sums = self._all_ranks_sums(sums, sums_at_start)
+                    return reason
+                if at_save and batch.step + 1 < steps:
+                    st.epoch_sums = self._all_ranks_sums(sums, sums_at_start)
                     self.save()
         finally:
             if bar is not None:
                 bar.close()
-        if int(first_bad) >= 0:
-            raise UserError(f"the loss or gradient became non-finite at step {int(first_bad)}: "
-                            "lower the learning rate; the last good checkpoint is kept")
-        st.epoch_sums = sums.tolist()
+        self._raise_if_bad(first_bad)
+        st.epoch_sums = self._all_ranks_sums(sums, sums_at_start)
         return "done"
+
+    def _all_ranks_sums(self, sums: torch.Tensor, at_start: torch.Tensor) -> list[float]:
+        """The epoch's loss/correct/sample sums over all ranks (each rank adds only its own share of a batch).
+
+        Called at the same steps on every rank; the sums at the start already cover all ranks."""
+        if not self.ctx.distributed:
+            return sums.tolist()
+        return (at_start + all_reduce_sum(sums - at_start)).tolist()
+
+    def _raise_if_bad(self, first_bad: torch.Tensor) -> None:
+        step = int(first_bad)
+        if step >= 0:
+            raise UserError(f"the loss or gradient became non-finite at step {step}: lower the learning rate "
+                            f"or set on_nonfinite=skip; {self._kept()}")
+
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint (step {self.saved_step}) is kept"
 
     def _should_pause(self) -> str:
         """A signal on any rank, or the step limit: every rank must agree, so the flag is max-reduced."""
-        flag = torch.tensor([self.stop.signum], dtype=torch.int64, device=self.device)
+        signum = self.stop.signum  # one process: a Python int, no device sync
         if self.ctx.distributed:
+            flag = torch.tensor([signum], dtype=torch.int64, device=self.device)
             all_reduce_max(flag)
-        if int(flag[0]):
-            self.stop.signum = self.stop.signum or int(flag[0])
+            signum = int(flag[0])
+        if signum:
+            self.stop.signum = self.stop.signum or signum
             return "signal"
         if self.cfg.train.max_steps and self.state.global_step >= self.cfg.train.max_steps:
             return "max_steps"
@@ -320,25 +424,36 @@ class Run:
 
     def fit(self, resume: str | None) -> int:
         """Train to the end (or a stop); returns the exit status."""
-        cfg, st = self.cfg, self.state
+        cfg = self.cfg
         if resume:
             self._resume(resume)
+        st = self.state  # after _resume, which replaces it
         if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "config.yaml")
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(_yaml_text(cfg), self.run_dir / "config.yaml")
+            except OSError as exc:
+                raise UserError(f"cannot write to {self.run_dir} ({exc.strerror or exc}): choose a writable "
+                                "--out or free some space") from None
+            if self.resumed_step is not None:
+                self._trim_metrics()
         self.open_logs()
+        note = large_batch_note(cfg, self.lr_scale)
+        if note:
+            self.say(note)
         self.stop.install()
         try:
             while st.epoch < cfg.train.epochs and not self.schedule.should_stop:
                 epoch = st.epoch
                 start = time.perf_counter()
+                # a store truncated or changed under the run is an error, not garbage batches (the checksum
+                # reads about 4 MiB, so once per epoch costs nothing)
+                self.store.verify()
                 outcome = self.train_one_epoch(epoch)
                 if outcome != "done":
-                    self.save()
+                    saved = self.save()
                     if outcome == "signal":
-                        name = "SIGINT" if self.stop.signum == signal.SIGINT else "SIGTERM"
-                        self.say(f"{name}: checkpoint saved at step {st.global_step}; resume with --resume auto")
-                        return EXIT_SIGINT if self.stop.signum == signal.SIGINT else EXIT_SIGTERM
+                        return self._stopped_by_signal(saved)
                     return 0
                 loss_sum, correct, seen = st.epoch_sums
                 record = {"kind": "epoch", "epoch": epoch, "step": st.global_step,
@@ -356,14 +471,47 @@ class Run:
                 st.epoch, st.step_in_epoch, st.epoch_sums = epoch + 1, 0, [0.0, 0.0, 0.0]
                 self.log(record)
                 self.say(_epoch_line(record, cfg.train.epochs))
-                self.save(is_best=is_best or val is None)
+                saved = self.save(is_best=is_best or val is None)
                 self.plot_curves()
                 if self.stop.signum:
-                    return EXIT_SIGINT if self.stop.signum == signal.SIGINT else EXIT_SIGTERM
+                    return self._stopped_by_signal(saved)
         finally:
             self.stop.uninstall()
             self.close_logs()
         return 0
+
+    def _stopped_by_signal(self, saved: bool) -> int:
+        name = "SIGINT" if self.stop.signum == signal.SIGINT else "SIGTERM"
+        st = self.state
+        if saved:
+            self.say(f"{name}: checkpoint saved at step {st.global_step}; resume with --resume auto")
+        else:
+            self.say(f"{name}: the checkpoint of step {st.global_step} could not be written; --resume auto "
+                     f"continues from step {self.saved_step if self.saved_step is not None else 0}")
+        return EXIT_SIGINT if self.stop.signum == signal.SIGINT else EXIT_SIGTERM
+
+    def _trim_metrics(self) -> None:
+        """Drop metrics.jsonl lines logged after the checkpoint resumed from (a killed process's future, which
+        the resumed run logs again) and a last line cut short by a kill, so each step appears once."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                if record.get("kind") == "epoch":
+                    keep = record["epoch"] < self.state.epoch
+                else:
+                    keep = record.get("step", 0) <= self.state.global_step
+            except (ValueError, KeyError, TypeError, AttributeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text("".join(line + "\n" for line in kept), path)
 
     def validate(self) -> dict[str, float] | None:
         if self.val_loader is None:
@@ -382,6 +530,7 @@ class Run:
 
             path, ckpt = Path(resume), load_checkpoint(resume, self.device)
         self.load_state_dict(ckpt)
+        self.resumed_step = self.saved_step = self.state.global_step
         self.say(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
 
     def plot_curves(self) -> None:
@@ -417,21 +566,45 @@ def prepare_run_dir(run_dir: Path, resume: str | None) -> None:
         raise UserError(f"{run_dir} already holds a run: continue it with --resume auto or choose another --out")
 
 
-def train(cfg: Config, data: str, run_dir: str | Path, resume: str | None = None, progress: bool = True) -> int:
-    """The `alexnet train` entry point: data, run directory, processes, then Run.fit."""
+def train(cfg: Config, data: str, run_dir: str | Path, resume: str | None = None, progress: bool = True,
+          towers: list[torch.device] | None = None) -> int:
+    """The `alexnet train` entry point: data, run directory, processes, then Run.fit.
+
+    `towers`: two devices for the paper's model parallelism (one process). Under torchrun a restarted
+    worker (TORCHELASTIC_RESTART_COUNT > 0) of the job that started this run resumes it (--resume auto).
+    """
     from alexnet.data.resolve import resolve_data
 
     run_dir = Path(run_dir)
     ctx = init_distributed(cfg.train.device)
     try:
+        if towers and ctx.distributed:
+            raise UserError("--towers places one model on two devices in one process: drop --nproc/torchrun, "
+                            "or drop --towers for data parallelism")
+        resume = resume or elastic_resume(run_dir)
         if ctx.is_main:
             prepare_run_dir(run_dir, resume)
-        store = resolve_data(data, run_dir.parent / "stores", cfg.data.image_size, progress=ctx.is_main)
+            mark_elastic_job(run_dir)
+        barrier()  # no rank goes on before rank 0 has accepted the run directory
+        # rank 0 prepares a folder into a store first; the others then find it ready
+        store = None
+        if ctx.is_main:
+            store = resolve_data(data, run_dir.parent / "stores", cfg.data.image_size, progress=True)
+        barrier()
+        if store is None:
+            store = resolve_data(data, run_dir.parent / "stores", cfg.data.image_size, progress=False)
+        store.verify()
         adapt_to_store(cfg, store)
-        run = Run(cfg, store, run_dir, ctx, progress)
+        run = Run(cfg, store, run_dir, ctx, progress, towers)
         return run.fit(resume)
     finally:
         shutdown()
+
+
+def _yaml_text(cfg: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def adapt_to_store(cfg: Config, store: Any) -> None:

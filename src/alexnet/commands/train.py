@@ -1,10 +1,14 @@
-"""`alexnet train`: train a preset on a store, an image folder or cifar10."""
+"""`alexnet train`: train a preset on a store, an image folder or cifar10.
+
+--nproc N replaces this process by torchrun (torch.distributed.run --standalone) running N copies of the
+same command, after the checks that need no processes (config, run directory, data prepared once here).
+--towers DEV0,DEV1 places the paper's two towers on two devices (src/alexnet/towers.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--batch-size", "-b", type=int, dest="batch_size", help="global batch size (default 128)")
     p.add_argument("--lr", type=float, help="base learning rate (default 0.01)")
-    p.add_argument("--nproc", type=int, default=1, help="processes on this machine, launched through torchrun")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (one per GPU), launched through torchrun")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                   help="with --nproc: restart all processes up to N times when one fails; they resume from the "
+                        "newest checkpoint (set train.checkpoint_every to lose little)")
+    p.add_argument("--towers", metavar="DEV0,DEV1",
+                   help="the paper's model parallelism: tower 1 on DEV0, tower 2 on DEV1 (e.g. cuda:0,cuda:1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=run)
@@ -44,28 +54,67 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--resume {args.resume}: no such checkpoint (use auto or a checkpoint path)")
     if args.nproc < 1:
         raise UserError("--nproc must be at least 1")
+    if args.max_restarts < 0 or (args.max_restarts and args.nproc == 1):
+        raise UserError("--max-restarts takes a count >= 0 and goes with --nproc N (N > 1)")
+    towers = None
+    if args.towers:
+        from alexnet.towers import parse_tower_devices
+
+        if args.nproc > 1 or "LOCAL_RANK" in os.environ:
+            raise UserError("--towers places one model on two devices in one process: drop --nproc/torchrun, "
+                            "or drop --towers for data parallelism")
+        if cfg.model.towers != 2:
+            raise UserError(f"--towers needs a two-tower model; this config has model.towers={cfg.model.towers}: "
+                            "drop --towers or set towers=2")
+        towers = parse_tower_devices(args.towers)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(args.nproc)
+        from alexnet.data.resolve import resolve_data
+        from alexnet.train import prepare_run_dir
+
+        # Checked and prepared here, once, so that N processes neither race nor all print the same error.
+        if cfg.optim.batch_size % args.nproc:
+            raise UserError(f"batch size {cfg.optim.batch_size} does not split evenly over {args.nproc} processes: "
+                            "choose a multiple of --nproc (the batch is the global batch)")
+        prepare_run_dir(args.out, args.resume)
+        resolve_data(args.data, args.out.parent / "stores", cfg.data.image_size, progress=not args.no_progress)
+        return _run_torchrun(args.nproc, args.max_restarts)
 
     from alexnet.train import train
 
-    return train(cfg, args.data, args.out, args.resume, progress=not args.no_progress)
+    return train(cfg, args.data, args.out, args.resume, progress=not args.no_progress, towers=towers)
 
 
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this same command under torchrun (torch.distributed.run), N processes on this machine."""
-    argv = sys.argv[1:]
-    cleaned, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
+def _run_torchrun(nproc: int, max_restarts: int) -> int:
+    """Run this same command in N processes on this machine under torchrun (torch.distributed.run), here.
+
+    This process becomes torchrun's agent, so a signal sent to it (Ctrl-C, a scheduler's SIGTERM) is passed
+    on to every worker, each of which saves a checkpoint and exits. The exit status is the workers': 0, 2 for
+    bad input, 130/143 after SIGINT/SIGTERM.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    launcher_only = ("--nproc", "--max-restarts")  # the workers run the same command without these
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a in launcher_only:
+            skip = not skip
             continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "alexnet", *cleaned]
-    return subprocess.call(cmd)
+        if not a.startswith(tuple(f"{o}=" for o in launcher_only)):
+            argv.append(a)
+    sys.stdout.flush()
+    launcher = ["--standalone", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}"]
+    try:
+        torchrun(get_args_parser().parse_args([*launcher, "-m", "alexnet", *argv]))
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        # rank 0 is the one that reports (a bad input's one line is already on stderr)
+        rank = 0 if 0 in exc.failures else exc.get_first_failure()[0]
+        status = exc.failures[rank].exitcode
+        code = status if status > 0 else 128 - status  # -9: killed by SIGKILL -> 137, as a shell says
+        print(f"alexnet train: the worker of rank {rank} exited with status {code}", file=sys.stderr)
+        return code
+    return 0

@@ -7,11 +7,17 @@ Evaluation: the centre crop or the ten views (4 corners + centre, each also mirr
 Every random number is a pure function of (seed, epoch, sample index, stream), computed on the device by
 an integer hash, so that resume, any batch size and any number of processes see the same crops, flips and
 colour noise for the same sample. No generator state, no host round trip.
+
+Two ways to cut the views, with bit-identical results: on a GPU one gather for the whole batch (a single
+kernel); on the CPU one slice per image (a strided view, converted and mean-subtracted in one pass), because
+the CPU's advanced-indexing gather builds index tensors as large as the batch and was about 20x slower
+there (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +29,10 @@ _MASK32 = 0xFFFFFFFF
 # torchvision's ImageNet normalisation (the `imagenet` option), in 0..1 units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# On the CPU, crops of at least this many pixels are cut image by image: below it the loop's fixed cost per
+# image (a few microseconds per op) outweighs what the gather wastes (measured: docs/PERFORMANCE.md).
+_SLICES_MIN_PIXELS = 32 * 32
 
 # Independent random streams per sample.
 STREAM_CROP_Y, STREAM_CROP_X, STREAM_FLIP, STREAM_PCA = 1, 2, 3, 4
@@ -45,25 +55,54 @@ def hash32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+def _hash32_int(x: int) -> int:
+    """hash32 on one Python int: the per-stream keys are made on the host, so no device round trip."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _stream_key(seed: int, epoch: int, stream: int) -> int:
+    key = _hash32_int((seed * 0x9E3779B1 + epoch) & _MASK32)
+    return _hash32_int((key + stream * 0x85EBCA77) & _MASK32)
+
+
+def sample_uniforms(seed: int, epoch: int, index: Tensor, streams: Sequence[int]) -> Tensor:
+    """(B, len(streams)) uniforms in [0, 1), float32: a pure function of (seed, epoch, index, stream).
+
+    All streams go through one hash over a (B, K) tensor: a batch's random numbers cost about twenty
+    tensor ops whatever K, which matters on the CPU where each op has a fixed cost of microseconds.
+    """
+    idx = index.to(torch.int64)
+    low = idx & _MASK32
+    keyed = torch.stack([low ^ _stream_key(seed, epoch, s) for s in streams], dim=1)
+    h = hash32(keyed)
+    h = hash32(h ^ (((idx >> 32) & _MASK32) ^ 0x68E31DA4)[:, None])
+    return (h.to(torch.float64) * (1.0 / 2**32)).to(torch.float32)
+
+
 def sample_uniform(seed: int, epoch: int, index: Tensor, stream: int) -> Tensor:
     """Uniform [0, 1) float32 per sample index: a pure function of (seed, epoch, index, stream)."""
-    key = int(hash32(torch.tensor([(seed * 0x9E3779B1 + epoch) & _MASK32]))[0])
-    key = int(hash32(torch.tensor([(key + stream * 0x85EBCA77) & _MASK32]))[0])
-    idx = index.to(torch.int64)
-    h = hash32((idx & _MASK32) ^ key)
-    h = hash32(h ^ ((idx >> 32) & _MASK32) ^ 0x68E31DA4)
-    return (h.to(torch.float64) * (1.0 / 2**32)).to(torch.float32)
+    return sample_uniforms(seed, epoch, index, [stream])[:, 0]
+
+
+def _normal_streams(stream: int, count: int) -> list[int]:
+    return [stream * 64 + j for j in range(2 * count)]
+
+
+def _box_muller(u: Tensor) -> Tensor:
+    """(B, 2 * count) uniforms, pairs side by side -> (B, count) standard normals."""
+    u1, u2 = u[:, 0::2], u[:, 1::2]
+    radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # log(1 - u1): u1 < 1 so finite
+    return radius * torch.cos(2.0 * math.pi * u2)
 
 
 def sample_normal(seed: int, epoch: int, index: Tensor, stream: int, count: int) -> Tensor:
     """(B, count) standard normals per sample by Box-Muller on hashed uniforms."""
-    cols = []
-    for j in range(count):
-        u1 = sample_uniform(seed, epoch, index, stream * 64 + 2 * j)
-        u2 = sample_uniform(seed, epoch, index, stream * 64 + 2 * j + 1)
-        radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # log(1 - u1): u1 < 1 so finite
-        cols.append(radius * torch.cos(2.0 * math.pi * u2))
-    return torch.stack(cols, dim=1)
+    return _box_muller(sample_uniforms(seed, epoch, index, _normal_streams(stream, count)))
 
 
 @dataclass
@@ -74,21 +113,34 @@ class ColourStats:
     eigenvectors: Tensor  # (3, 3) float32, columns
     eigenvalues: Tensor  # (3,) float32
     scale: Tensor  # (3,) float32: multiply after subtracting the mean (1 for the paper)
+    unit_scale: bool = True  # scale is all ones: known on the host, so no device sync per batch
+    mean_mirrored: Tensor | None = None  # mean.flip(1): mirrored crops of the mean are plain slices of it
+
+    def __post_init__(self) -> None:
+        if self.mean_mirrored is None:
+            self.mean_mirrored = self.mean.flip(1).contiguous()
 
     @classmethod
     def build(cls, mean_image: Tensor, eigenvectors: Tensor, eigenvalues: Tensor, normalize: str,
               device: torch.device) -> ColourStats:
-        mean = mean_image.to(device=device, dtype=torch.float32)
+        mean = mean_image.to(device=device, dtype=torch.float32).contiguous()
         scale = torch.ones(3, device=device)
+        unit = True
         if normalize == "imagenet":
             mean = torch.tensor([255 * m for m in IMAGENET_MEAN], device=device).expand_as(mean).contiguous()
             scale = torch.tensor([1.0 / (255 * s) for s in IMAGENET_STD], device=device)
-        return cls(mean, eigenvectors.to(device, torch.float32), eigenvalues.to(device, torch.float32), scale)
+            unit = False
+        return cls(mean, eigenvectors.to(device, torch.float32), eigenvalues.to(device, torch.float32), scale,
+                   unit)
 
 
 def pca_offsets(cfg: DataConfig, stats: ColourStats, seed: int, epoch: int, index: Tensor) -> Tensor:
     """(B, 3) RGB offsets: [p1 p2 p3] [a1 s1, a2 s2, a3 s3]^T with a_i ~ N(0, pca_std^2) per image."""
-    alphas = sample_normal(seed, epoch, index, STREAM_PCA, 3).to(stats.eigenvalues.device) * cfg.pca_std
+    return _offsets_from_normals(cfg, stats, sample_normal(seed, epoch, index, STREAM_PCA, 3))
+
+
+def _offsets_from_normals(cfg: DataConfig, stats: ColourStats, normals: Tensor) -> Tensor:
+    alphas = normals.to(stats.eigenvalues.device) * cfg.pca_std
     lam = stats.eigenvalues.clamp_min(0)
     s = lam.sqrt() if cfg.pca_scale == "sqrt" else lam
     return (alphas * s) @ stats.eigenvectors.T
@@ -101,23 +153,66 @@ def _crop_indices(offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int) -
     return rows, cols
 
 
-def _gather_views(images: Tensor, rows: Tensor, cols: Tensor, stats: ColourStats,
-                  offsets: Tensor | None) -> Tensor:
-    """Crop/flip by one gather, subtract the (identically cropped) mean, add colour offsets; NCHW out.
+def crop_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int, stats: ColourStats,
+               offsets: Tensor | None, method: str = "auto") -> Tensor:
+    """Crop (and mirror) each image, subtract the identically cropped mean image, add colour offsets.
 
-    The result is (B, 3, crop, crop) in channels_last memory: permuting a contiguous NHWC tensor to NCHW
-    is exactly that layout, so no copy is made.
+    images: uint8 (B, S, S, 3); offset_y, offset_x: int64 (B,) top-left corners; flip: bool (B,);
+    offsets: (B, 3) float32 or None. Returns float32 (B, 3, crop, crop) in channels_last memory: permuting
+    a contiguous NHWC tensor to NCHW is exactly that layout, so no copy is made.
+    method: "gather" (one kernel, for GPUs), "slices" (a loop over images, for the CPU) or "auto".
+    Both compute x - (mean - offset) in float32 element by element, so they agree bit for bit.
     """
+    if method == "auto":
+        method = "slices" if images.device.type == "cpu" and crop * crop >= _SLICES_MIN_PIXELS else "gather"
+    if method == "slices":
+        x = _sliced_views(images, offset_y, offset_x, flip, crop, stats, offsets)
+    else:
+        rows, cols = _crop_indices(offset_y, offset_x, flip, crop)
+        x = _gathered_views(images, rows, cols, stats, offsets)
+    if not stats.unit_scale:
+        x = x.mul_(stats.scale)
+    return x.permute(0, 3, 1, 2)
+
+
+def _gathered_views(images: Tensor, rows: Tensor, cols: Tensor, stats: ColourStats,
+                    offsets: Tensor | None) -> Tensor:
+    """The whole batch in one advanced-indexing gather: (B, crop, crop, 3) float32."""
     b = torch.arange(images.shape[0], device=images.device)[:, None, None]
     r, c = rows[:, :, None], cols[:, None, :]
     x = images[b, r, c].to(torch.float32)  # (B, crop, crop, 3)
     mean = stats.mean[r, c]  # same crop and flip of the mean image
     if offsets is not None:
         mean = mean - offsets[:, None, None, :]
-    x = x.sub_(mean)
-    if not bool((stats.scale == 1).all()):
-        x = x.mul_(stats.scale)
-    return x.permute(0, 3, 1, 2)
+    return x.sub_(mean)
+
+
+def _sliced_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int,
+                  stats: ColourStats, offsets: Tensor | None) -> Tensor:
+    """One image at a time: (B, crop, crop, 3) float32, each written once, with no index tensors.
+
+    A crop of an (S, S, 3) image is a strided view whose rows are crop * 3 contiguous values, so every
+    op below runs over rows of that length (vectorized; the per-image colour offset is one such row,
+    broadcast down). A mirrored crop is a slice of the mirrored mean image and a flipped copy of the
+    image's slice (uint8, a quarter of the float output's bytes).
+    """
+    bsz, size = images.shape[0], images.shape[1]
+    out = torch.empty(bsz, crop, crop, 3, dtype=torch.float32, device=images.device)
+    rows_of = (crop, crop * 3)
+    mean_shifted = torch.empty(rows_of, dtype=torch.float32, device=images.device)
+    offset_rows = offsets.repeat(1, crop) if offsets is not None else None  # (B, crop * 3): r,g,b,r,g,b...
+    for i, (y, x, mirrored) in enumerate(zip(offset_y.tolist(), offset_x.tolist(), flip.tolist())):
+        if mirrored:
+            pixels = images[i, y:y + crop, x:x + crop].flip(1)
+            mean = stats.mean_mirrored[y:y + crop, size - x - crop:size - x]
+        else:
+            pixels = images[i, y:y + crop, x:x + crop]
+            mean = stats.mean[y:y + crop, x:x + crop]
+        mean = mean.reshape(rows_of)
+        if offset_rows is not None:
+            mean = torch.sub(mean, offset_rows[i], out=mean_shifted)
+        torch.sub(pixels.reshape(rows_of), mean, out=out[i].view(rows_of))
+    return out
 
 
 def augment_train(images: Tensor, index: Tensor, cfg: DataConfig, stats: ColourStats, seed: int,
@@ -126,18 +221,19 @@ def augment_train(images: Tensor, index: Tensor, cfg: DataConfig, stats: ColourS
     bsz, size = images.shape[0], images.shape[1]
     crop, span = cfg.crop, size - cfg.crop + 1
     index = index.to(images.device)
+    pca_streams = _normal_streams(STREAM_PCA, 3) if cfg.pca_std > 0 else []
+    u = sample_uniforms(seed, epoch, index, [STREAM_CROP_Y, STREAM_CROP_X, STREAM_FLIP, *pca_streams])
     if cfg.random_crop:
-        oy = (sample_uniform(seed, epoch, index, STREAM_CROP_Y) * span).to(torch.int64).clamp_max(span - 1)
-        ox = (sample_uniform(seed, epoch, index, STREAM_CROP_X) * span).to(torch.int64).clamp_max(span - 1)
+        oy = (u[:, 0] * span).to(torch.int64).clamp_max(span - 1)
+        ox = (u[:, 1] * span).to(torch.int64).clamp_max(span - 1)
     else:
         oy = ox = torch.full((bsz,), (size - crop) // 2, dtype=torch.int64, device=images.device)
     if cfg.flip:
-        flip = sample_uniform(seed, epoch, index, STREAM_FLIP) < 0.5
+        flip = u[:, 2] < 0.5
     else:
         flip = torch.zeros(bsz, dtype=torch.bool, device=images.device)
-    offsets = pca_offsets(cfg, stats, seed, epoch, index) if cfg.pca_std > 0 else None
-    rows, cols = _crop_indices(oy.to(images.device), ox.to(images.device), flip.to(images.device), crop)
-    return _gather_views(images, rows, cols, stats, offsets)
+    offsets = _offsets_from_normals(cfg, stats, _box_muller(u[:, 3:])) if pca_streams else None
+    return crop_views(images, oy, ox, flip, crop, stats, offsets)
 
 
 def view_offsets(size: int, crop: int) -> list[tuple[int, int, bool]]:
@@ -157,6 +253,7 @@ def eval_views(images: Tensor, cfg: DataConfig, stats: ColourStats, ten_crop: bo
         oy = torch.full((bsz,), y, dtype=torch.int64, device=images.device)
         ox = torch.full((bsz,), x, dtype=torch.int64, device=images.device)
         flip = torch.full((bsz,), mirrored, dtype=torch.bool, device=images.device)
-        rows, cols = _crop_indices(oy, ox, flip, cfg.crop)
-        outs.append(_gather_views(images, rows, cols, stats, None))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        outs.append(crop_views(images, oy, ox, flip, cfg.crop, stats, None))
+    if len(outs) == 1:
+        return outs[0]
+    return torch.cat(outs, dim=0).contiguous(memory_format=torch.channels_last)

@@ -2,18 +2,25 @@
 
 Epoch order is a permutation that is a pure function of (seed, epoch). The configured batch is the
 global batch: each step takes the next `batch_size` indices of that order and rank r of W takes the r-th
-contiguous share, so W processes together see exactly the samples one process sees. A background thread
-reads the next batches from the memory map straight into (pinned) buffers and copies them to the device
-without blocking, so reading overlaps compute. Evaluation splits the set into disjoint contiguous shares,
-one per rank, with no padding: every image is counted exactly once.
+contiguous share, so W processes together see exactly the samples one process sees. Evaluation splits
+the set into disjoint contiguous shares, one per rank, with no padding: every image is counted exactly once.
+
+Speed and memory. A background thread prepares the next `prefetch` batches while the model runs:
+- the images of a batch are read from the store's file with one read per image, straight into the batch's
+  buffer (pinned memory for a GPU). Unlike reading through the memory map, this maps nothing into the
+  process, so its resident memory is a few batches whatever the store's size (docs/PERFORMANCE.md);
+- on a GPU the copy to the device runs on a side CUDA stream and the consumer's stream waits on an event,
+  so transfer overlaps compute; with the store resident in device memory the gather runs there too.
 """
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +41,19 @@ class Batch:
     labels: Tensor  # int64 (B,) on the device
     index: Tensor  # int64 (B,) global sample indices, on the device
     step: int  # step number within the epoch
+    ready: Any = None  # CUDA: event recorded on the loader's copy stream after the batch's transfers
+
+
+def _file_of(images: np.ndarray) -> tuple[str, int] | None:
+    """(path, byte offset of row 0) when `images` is a whole memory-mapped .npy file, else None.
+
+    Only an array that owns its map qualifies: a slice of a np.memmap keeps the parent's `offset`, which
+    would then be wrong.
+    """
+    if (isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap) and images.filename
+            and images.flags.c_contiguous):
+        return str(images.filename), int(images.offset)
+    return None
 
 
 class BatchLoader:
@@ -53,30 +73,68 @@ class BatchLoader:
         self.device = device
         self.rank, self.world_size = rank, world_size
         self.prefetch = prefetch
-        self.pin = device.type == "cuda"
+        self.cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.resident: Tensor | None = None
         if on_device:  # the whole store in device memory: batches are gathered there
             self.resident = torch.from_numpy(np.ascontiguousarray(images[: self.n])).to(device)
         self.labels_t = torch.from_numpy(self.labels[: self.n].copy())
+        self.file = _file_of(images)
+        self.row_bytes = int(np.prod(images.shape[1:], dtype=np.int64))
 
     def steps_per_epoch(self) -> int:
         return self.n // self.batch_size  # drop the last partial global batch, as the paper's epochs
 
-    def _read(self, idx: Tensor) -> Tensor:
-        if self.resident is not None:
-            return self.resident[idx.to(self.device)]
-        idx_np = idx.numpy()
-        shape = (len(idx_np),) + tuple(self.images.shape[1:])
-        out = torch.empty(shape, dtype=torch.uint8, pin_memory=self.pin)
-        np.take(self.images, idx_np, axis=0, out=out.numpy())
-        return out.to(self.device, non_blocking=True)
+    def read_images(self, idx: np.ndarray) -> Tensor:
+        """uint8 (len(idx), S, S, 3) on the host (pinned for a GPU): the rows `idx` of the split."""
+        shape = (len(idx),) + tuple(self.images.shape[1:])
+        if self.cuda:
+            out = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            buf = out.numpy()
+        else:
+            # numpy asks the kernel for huge pages on large arrays (torch's allocator does not), so filling a
+            # fresh batch costs a few page faults instead of thousands
+            buf = np.empty(shape, dtype=np.uint8)
+            out = torch.from_numpy(buf)
+        if self.file is None:
+            np.take(self.images, idx, axis=0, out=buf)
+            return out
+        path, offset = self.file
+        rows = buf.reshape(len(idx), self.row_bytes)
+        with open(path, "rb", buffering=0) as f:
+            for j, i in enumerate(idx.tolist()):
+                f.seek(offset + i * self.row_bytes)
+                if f.readinto(rows[j]) != self.row_bytes:
+                    raise UserError(f"{path} is shorter than its header says: prepare the store again")
+        return out
 
     def _make(self, idx: Tensor, step: int) -> Batch:
-        # Sorted indices read the memory map in file order; the sum over a batch does not depend on order.
+        # Sorted indices read the file in order; the sum over a batch does not depend on order.
         idx, _ = torch.sort(idx)
-        images = self._read(idx)
-        labels = self.labels_t[idx].to(self.device, non_blocking=True)
-        return Batch(images, labels, idx.to(self.device, non_blocking=True), step)
+        if not self.cuda:
+            images = self.resident[idx] if self.resident is not None else self.read_images(idx.numpy())
+            return Batch(images, self.labels_t[idx], idx, step)
+        meta = torch.stack([self.labels_t[idx], idx]).pin_memory()
+        images = None if self.resident is not None else self.read_images(idx.numpy())
+        with torch.cuda.stream(self.copy_stream):
+            meta = meta.to(self.device, non_blocking=True)
+            if images is None:
+                images = self.resident[meta[1]]
+            else:
+                images = images.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self.copy_stream)
+        return Batch(images, meta[0], meta[1], step, ready)
+
+    def _handed_over(self, batch: Batch) -> Batch:
+        """On the consumer's thread: make its CUDA stream wait for the batch's copies, and tell the caching
+        allocator that the batch's memory (allocated on the copy stream) is in use on that stream."""
+        if batch.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(batch.ready)
+            for t in (batch.images, batch.labels, batch.index):
+                t.record_stream(stream)
+        return batch
 
     def train_epoch(self, seed: int, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         order = epoch_permutation(self.n, seed, epoch)
@@ -134,7 +192,7 @@ class BatchLoader:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield self._handed_over(item)
         finally:
             stop.set()
             thread.join(timeout=5)

@@ -49,16 +49,16 @@ def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 def draw(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One (size, size, 3) uint8 image of class `kind`."""
-    t = np.linspace(0, 1, size, dtype=np.float32)
-    c0, c1 = rng.uniform(0, 255, (2, 3))
+    t = np.linspace(-0.5, 0.5, size, dtype=np.float32)
+    base = rng.uniform(40, 215, 3)
+    tilt = rng.uniform(-40, 40, 3)  # a gentle colour gradient across the image
     grad = t[:, None, None] if rng.random() < 0.5 else t[None, :, None]
-    background = c0 + (c1 - c0) * grad
-    background = np.broadcast_to(background, (size, size, 3))
+    background = np.broadcast_to(base + tilt * grad, (size, size, 3))
     colour = rng.uniform(0, 255, 3)
-    while np.abs(colour - background.mean((0, 1))).sum() < 120:  # keep the shape visible
+    while np.abs(colour - base).sum() < 150:  # keep the shape clearly visible
         colour = rng.uniform(0, 255, 3)
     mask = _shape_mask(kind, size, rng)[..., None]
-    img = np.where(mask, colour, background) + rng.normal(0, 12, (size, size, 3))
+    img = np.where(mask, colour, background) + rng.normal(0, 8, (size, size, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,155 @@
+"""Turning one encoded image into the stored form: RGB uint8, shorter side scaled to S, centre S x S.
+
+Every path that reads a photo (prepare, predict) goes through `load_image` or `decode_image`, so a store
+and a single prediction see identical pixels.
+
+What happens, in order:
+- Pillow opens the bytes; the format comes from the content, not the file name (a PNG named .JPEG works).
+- Images over MAX_PIXELS are refused as decompression bombs (Pillow's own warning counts as an error).
+- JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale when the result still has both sides >= S,
+  which makes large photos several times cheaper to decode and never drops below S.
+- EXIF orientation is applied (ImageOps.exif_transpose).
+- Any mode becomes RGB. Alpha is dropped (the colour channels are kept as they are, as torchvision's
+  default loader does), grey is replicated, CMYK/YCbCr/palette use Pillow's conversions, 16-bit grey
+  is scaled by 255/65535 (Pillow would clip it at 255 instead).
+- The shorter side is scaled to S (the longer one to int(S * long / short), torchvision's rule) with
+  antialiased bilinear interpolation from torch's uint8 kernel, which agrees with Pillow's BILINEAR to
+  within 2 levels and is about 3x faster; then the centre S x S is cut out (torchvision's centre_crop
+  rounding). Extremely elongated images use Pillow's resize of just the needed box so that the scaled
+  long side is never materialised.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's default pixel limit (about 89 megapixels, e.g. 9459 x 9459): far above any photo in ImageNet.
+MAX_PIXELS = 89_478_485
+# Beyond this ratio of scaled long side to S, scaling the whole image would allocate a huge strip.
+_ELONGATED = 4
+
+
+class SkipImage(Exception):
+    """This file cannot become an image; the message is the reason written into the manifest."""
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The whole file, or SkipImage saying why it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except PermissionError:
+        raise SkipImage("unreadable: permission denied") from None
+    except IsADirectoryError:
+        raise SkipImage("unreadable: is a directory") from None
+    except OSError as exc:
+        raise SkipImage(f"unreadable: {exc.strerror or exc}") from None
+
+
+def load_image(source: str | Path | bytes, size: int) -> np.ndarray:
+    """Decode a file (path) or encoded bytes to uint8 (size, size, 3) RGB; SkipImage if it is not usable."""
+    data = source if isinstance(source, bytes | bytearray | memoryview) else read_bytes(source)
+    return np.ascontiguousarray(decode_image(bytes(data), size))
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Encoded image bytes -> uint8 (size, size, 3) RGB, shorter side scaled to size, centre crop.
+
+    May return a strided view (see resize_center_crop); load_image returns a contiguous array."""
+    if len(data) == 0:
+        raise SkipImage("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # Pillow warns between 1x and 2x its limit and raises above; both mean "refuse".
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise SkipImage(f"decompression bomb: more than {MAX_PIXELS} pixels") from None
+        except UnidentifiedImageError:
+            raise SkipImage("not an image (Pillow does not recognise the format)") from None
+        except Exception as exc:  # a damaged header can raise almost anything inside a format plugin
+            raise SkipImage(f"truncated or corrupt image header ({_describe(exc)})") from None
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise SkipImage(f"decompression bomb: {width} x {height} is more than {MAX_PIXELS} pixels")
+        if width < 1 or height < 1:
+            raise SkipImage(f"empty image ({width} x {height})")
+        img.draft("RGB", (size, size))  # JPEG only: DCT-domain downscale, both sides stay >= size
+        try:
+            ImageOps.exif_transpose(img, in_place=True)
+            pixels = _to_rgb_array(img)
+        except SkipImage:
+            raise
+        except Exception as exc:  # truncated data, bad EXIF, broken palette...: the file, not our code
+            raise SkipImage(f"truncated or corrupt image data ({_describe(exc)})") from None
+    return resize_center_crop(pixels, size)
+
+
+def _describe(exc: Exception) -> str:
+    text = " ".join(str(exc).split())  # one line whatever the library put in the message
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> contiguous uint8 (H, W, 3)."""
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img)
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit grey (PNG, TIFF): scale to 8 bits; 32-bit "I" is read as 16-bit data too.
+        grey = np.clip(np.asarray(img).astype(np.float32), 0, 65535) * (255.0 / 65535.0)
+        grey = np.rint(grey).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    # Alpha is dropped by convert("RGB") (RGBA, LA, PA, palette transparency), as in torchvision's loader.
+    try:
+        return np.asarray(img.convert("RGB"))
+    except ValueError:
+        pass
+    try:  # modes with no direct route to RGB (e.g. premultiplied "La") go through RGBA
+        return np.asarray(img.convert("RGBA").convert("RGB"))
+    except ValueError as exc:
+        raise SkipImage(f"cannot convert colour mode {mode} to RGB ({exc})") from None
+
+
+def output_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_width, new_height) with the shorter side equal to size: torchvision's Resize(size) rule."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def crop_origin(new_width: int, new_height: int, size: int) -> tuple[int, int]:
+    """(left, top) of the centre size x size window: torchvision's center_crop rounding."""
+    return int(round((new_width - size) / 2.0)), int(round((new_height - size) / 2.0))
+
+
+def resize_center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3): shorter side to size, then the centre square.
+
+    The result may be a strided view; np.ascontiguousarray it before handing it to code that needs
+    contiguous memory."""
+    height, width = pixels.shape[:2]
+    new_width, new_height = output_size(width, height, size)
+    left, top = crop_origin(new_width, new_height, size)
+    if (new_width, new_height) == (width, height):
+        return pixels[top : top + size, left : left + size]
+    if max(new_width, new_height) > _ELONGATED * size:
+        scale_x, scale_y = width / new_width, height / new_height
+        box = (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
+        out = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(out)
+    import torch
+    import torch.nn.functional as F
+
+    with warnings.catch_warnings():  # Pillow's arrays are read-only; torch only reads this one
+        warnings.simplefilter("ignore", UserWarning)
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
+    scaled = F.interpolate(batch, size=(new_height, new_width), mode="bilinear", antialias=True,
+                           align_corners=False)
+    # A strided view: whoever stores it (a memmap row, np.array) makes the one copy needed.
+    return scaled[0, :, top : top + size, left : left + size].permute(1, 2, 0).numpy()

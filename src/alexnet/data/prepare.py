@@ -1,0 +1,616 @@
+"""Raw images -> a store: decoded once, in parallel, resumable, bad files listed instead of fatal.
+
+How it works:
+- sources.find_source lists the images of every split; the work is cut into chunks of consecutive images.
+- A multiprocessing pool (fork; default one worker per core) decodes chunks; each worker writes its
+  rows straight into the split's images.npy (a memory map opened r+ in the worker), so the parent never
+  holds pixels and memory stays flat whatever N. Workers also return the chunk's exact integer sums
+  (per-position pixel sums for the mean image; sum of x x^T over pixels for the colour covariance) for
+  the train split. Integers rather than float64: sums of uint8 products are exact in int64 for any
+  ImageNet-sized set, so the result does not depend on the order in which chunks finish.
+- Everything is written under OUT/.partial/. OUT/.partial/state.npz is the progress file: `done` lists
+  the finished chunks, next to the running sums and the skipped files, all saved together atomically
+  (at most every ALEXNET_PREPARE_SAVE_SECONDS, default 2, after an fsync of the images written so far).
+  A prepare killed at any moment and started again with the same arguments redoes only unfinished
+  chunks; the result is byte-identical to an uninterrupted run (manifest "created" aside). Started with
+  other arguments, or after files were added, removed or renamed in the source, it discards the
+  unfinished work and starts afresh.
+- Finishing: rows of skipped files are filled with the last images of the split (so only as many rows
+  move as files were skipped) and the file is truncated; then labels, mean, PCA, checksums, and finally
+  manifest.json (atomic: temp file, fsync, rename). Each step can be repeated after a crash.
+- An existing store at OUT is only replaced with overwrite=True, and stays intact until the new one is
+  complete (so replacing needs room for both). OUT/.partial.lock keeps two prepares out of one OUT.
+
+Row order is the listing order (folders: class, then file name; flat validation folders: file name;
+tars: archive order; CIFAR-10: batch order), except that the rows of skipped files hold the last images
+of their split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alexnet.data import ilsvrc
+from alexnet.data.classnames import class_names
+from alexnet.data.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
+from alexnet.data.sources import Item, Source, find_source, item_pixels, merge_validation, split_off_validation
+from alexnet.data.store import FORMAT, MANIFEST, SPLITS, Store, checksum, is_store, open_store
+from alexnet.errors import UserError
+
+PARTIAL = ".partial"
+LOCK = ".partial.lock"
+CHUNK_ENV = "ALEXNET_PREPARE_CHUNK"
+SAVE_ENV = "ALEXNET_PREPARE_SAVE_SECONDS"
+_CHUNK_BYTES = 64 * 2**20  # images per chunk = about 64 MB of output: big enough to amortise, small to redo
+
+
+def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: int | None = None,
+            strict: bool = False, val_fraction: float = 0.0, progress: bool = True, seed: int = 0, *,
+            labels: str | Path | None = None, devkit: str | Path | None = None,
+            synsets: str | Path | None = None, val: str | Path | None = None, overwrite: bool = False,
+            chunk_size: int | None = None, cache_dir: Path | None = None) -> Store:
+    """Prepare the images at src into a store at out and return it opened.
+
+    size: side S of the stored images (None: 32 for CIFAR-10, 256 otherwise). workers: decoding
+    processes (None: all cores). strict: any skipped file is an error. val_fraction: share of each class
+    moved to a "val" split (single-split sources). labels/devkit: labels of flat validation sets;
+    synsets/devkit: class names; val: a separate source for the "val" split. chunk_size: images per
+    resumable unit (default: about 64 MB of output, or $ALEXNET_PREPARE_CHUNK).
+    """
+    started = time.monotonic()
+    out = Path(out).expanduser().absolute()
+    if is_store(out) and not overwrite and not (out / PARTIAL / "finished.json").exists():
+        raise UserError(f"{out} already holds a store; pass --overwrite to replace it, or choose another --out")
+    source = _find(src, labels, devkit, synsets, val, cache_dir)
+    if val_fraction:
+        split_off_validation(source, val_fraction, seed)
+    size = source.default_size if size is None else int(size)
+    if not 1 <= size <= 4096:
+        raise UserError(f"--size must be between 1 and 4096, not {size}")
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
+    chunk = _chunk_size(chunk_size, size, sum(len(s.items) for s in source.splits.values()))
+    _check_out_location(out, source)
+    plan = _Plan(source, size, chunk, seed, val_fraction)
+    partial = out / PARTIAL
+    with _exclusive(out):
+        if _finished_partial(partial, plan):  # a previous run decided everything; only installing was left
+            return _install(out, partial, progress, started)
+        _check_out(out, overwrite)
+        if strict:
+            _fail_if_skipped(plan.listing_skips())
+        _open_partial(partial, plan, progress)
+        state = _State.load(partial, plan)
+        _run_chunks(plan, partial, state, workers, progress)
+        skips = plan.listing_skips() + [(split, plan.items[split][i].name, reason)
+                                        for split, i, reason in state.skipped]
+        if strict:
+            _fail_if_skipped(skips)
+        _finish(plan, partial, state, out)
+        return _install(out, partial, progress, started)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold OUT/.partial.lock so that two prepares never write into the same store at once."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock_path = out / LOCK
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another prepare is writing into {out}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            # leave OUT as we found it unless there is a store or resumable work in it
+            if not (out / PARTIAL).exists():
+                lock_path.unlink(missing_ok=True)
+                if created and not any(out.iterdir()):
+                    out.rmdir()
+
+
+def summary_line(store: Store, seconds: float | None = None) -> str:
+    """One line for the end of a prepare: counts, skips, size, time."""
+    parts = []
+    for name, info in store.manifest["splits"].items():
+        parts.append(f"{name} {info['count']} images ({len(info['skipped'])} skipped)")
+    line = f"prepared {store.root}: {', '.join(parts)}; {store.size}x{store.size}, {len(store.classes)} classes"
+    if seconds is not None:
+        total = sum(int(info["count"]) for info in store.manifest["splits"].values())
+        line += f"; {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} images/s)"
+    if any(info["skipped"] for info in store.manifest["splits"].values()):
+        line += f"; skipped files and reasons are listed in {store.root / MANIFEST}"
+    return line
+
+
+# ----------------------------------------------------------------------------------------------- plan
+
+
+def _find(src, labels, devkit, synsets, val, cache_dir) -> Source:  # noqa: ANN001
+    label_info = None
+    words: dict[str, str] = {}
+    if devkit is not None:
+        label_info = ilsvrc.read_devkit(devkit)
+        words = dict(label_info.words)
+    if labels is not None:
+        csv_labels = ilsvrc.read_val_solution(labels)
+        if label_info is not None:  # the devkit's class list (all 1000) beats the wnids seen in the csv
+            csv_labels.classes = sorted(set(label_info.classes) | set(csv_labels.classes))
+        label_info = csv_labels
+    if synsets is not None:
+        words = ilsvrc.read_synset_mapping(synsets)
+        if label_info is not None:
+            label_info.classes = sorted(set(label_info.classes) | set(words))
+    source = find_source(src, label_info, words, cache_dir)
+    if val is not None:
+        source = merge_validation(source, find_source(val, label_info, words, cache_dir))
+    return source
+
+
+def _chunk_size(chunk_size: int | None, size: int, total: int) -> int:
+    if chunk_size is None and os.environ.get(CHUNK_ENV):
+        chunk_size = int(os.environ[CHUNK_ENV])
+    if chunk_size is None:
+        # about 64 MB of output per chunk, and at least ~64 chunks for small sets so every core gets work
+        chunk_size = min(4096, max(16, _CHUNK_BYTES // (size * size * 3)), max(16, -(-total // 64)))
+    if chunk_size < 1:
+        raise UserError(f"chunk size must be at least 1, not {chunk_size}")
+    return int(chunk_size)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    index: int
+    split: str
+    start: int
+    stop: int
+
+
+class _Plan:
+    """What will be written: items per split, chunks, and a fingerprint that a resumed run must match."""
+
+    def __init__(self, source: Source, size: int, chunk: int, seed: int, val_fraction: float) -> None:
+        self.source, self.size, self.chunk = source, size, chunk
+        self.splits = [s for s in SPLITS if s in source.splits]
+        self.items: dict[str, list[Item]] = {s: source.splits[s].items for s in self.splits}
+        for split in self.splits:
+            if not self.items[split]:
+                raise UserError(f"{source.path}: the {split} split has no images to prepare")
+        self.chunks: list[_Chunk] = []
+        for split in self.splits:
+            for start in range(0, len(self.items[split]), chunk):
+                stop = min(start + chunk, len(self.items[split]))
+                self.chunks.append(_Chunk(len(self.chunks), split, start, stop))
+        digest = hashlib.sha256()
+        header = [FORMAT, size, chunk, seed, val_fraction, source.path, source.layout, source.classes,
+                  source.val_origin]
+        digest.update(json.dumps(header).encode())
+        for split in self.splits:
+            digest.update(f"|{split}|".encode())
+            for item in self.items[split]:
+                digest.update(repr(tuple(item)).encode("utf-8", "surrogateescape"))
+            digest.update(repr(source.splits[split].skipped).encode("utf-8", "surrogateescape"))
+        self.fingerprint = digest.hexdigest()
+
+    def listing_skips(self) -> list[tuple[str, str, str]]:
+        return [(s, name, reason) for s in self.splits for name, reason in self.source.splits[s].skipped]
+
+
+# -------------------------------------------------------------------------------------- output checks
+
+
+def _check_out_location(out: Path, source: Source) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the store")
+    src = Path(source.path)
+    if src.is_dir():
+        try:
+            out.resolve().relative_to(src.resolve())
+        except ValueError:
+            return
+        raise UserError(f"--out {out} is inside the source folder {src}; put the store elsewhere")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if is_store(out):
+        if not overwrite:
+            raise UserError(f"{out} already holds a store; pass --overwrite to replace it, or choose another --out")
+        return
+    if out.is_dir() and not (out / PARTIAL).exists() and any(p.name != LOCK for p in out.iterdir()):
+        raise UserError(f"{out} exists, is not empty and is not a store; choose a new --out (nothing was changed)")
+
+
+def _fail_if_skipped(skips: list[tuple[str, str, str]]) -> None:
+    if skips:
+        listed = "; ".join(f"{_one_line(name)}: {reason}" for _, name, reason in skips)
+        raise UserError(f"{len(skips)} file(s) cannot be used (--strict): {listed}; "
+                        "fix or remove them, or run without --strict to skip them")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
+# ------------------------------------------------------------------------------------------- partial
+
+
+def _open_partial(partial: Path, plan: _Plan, progress: bool) -> None:
+    """Reuse OUT/.partial when it was started with the same plan; otherwise start it afresh."""
+    plan_file = partial / "plan.json"
+    if partial.exists():
+        try:
+            same = json.loads(plan_file.read_text())["fingerprint"] == plan.fingerprint
+        except (OSError, ValueError, KeyError):
+            same = False
+        if same:
+            return
+        if progress:
+            print(f"prepare: discarding the unfinished preparation in {partial} (other arguments or source)",
+                  file=sys.stderr)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    for split in plan.splits:
+        (partial / split).mkdir()
+        shape = (len(plan.items[split]), plan.size, plan.size, 3)
+        images = np.lib.format.open_memmap(partial / split / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        del images  # a sparse file: rows are written by the workers
+    # plan.json last: its presence says the folder is ready to be resumed
+    _write_atomic(plan_file, json.dumps({"fingerprint": plan.fingerprint}).encode())
+
+
+def _finished_partial(partial: Path, plan: _Plan) -> bool:
+    try:
+        same = json.loads((partial / "plan.json").read_text())["fingerprint"] == plan.fingerprint
+    except (OSError, ValueError, KeyError):
+        return False
+    return same and (partial / "finished.json").exists()
+
+
+class _State:
+    """The progress file: finished chunks, running integer sums, files skipped while decoding."""
+
+    def __init__(self, size: int) -> None:
+        self.done: set[int] = set()
+        self.sum_image = np.zeros((size, size, 3), dtype=np.int64)
+        self.gram = np.zeros((3, 3), dtype=np.int64)
+        self.skipped: list[tuple[str, int, str]] = []  # (split, item index, reason)
+
+    @classmethod
+    def load(cls, partial: Path, plan: _Plan) -> _State:
+        state = cls(plan.size)
+        path = partial / "state.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as saved:
+                state.done = set(int(i) for i in saved["done"])
+                state.sum_image = saved["sum_image"].astype(np.int64)
+                state.gram = saved["gram"].astype(np.int64)
+                state.skipped = [tuple(s) for s in json.loads(str(saved["skipped"]))]
+        return state
+
+    def save(self, partial: Path) -> None:
+        tmp = partial / "state.tmp.npz"
+        with open(tmp, "wb") as f:
+            np.savez(f, done=np.array(sorted(self.done), dtype=np.int64), sum_image=self.sum_image,
+                     gram=self.gram, skipped=np.array(json.dumps(self.skipped)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, partial / "state.npz")
+        _fsync_dir(partial)
+
+
+# -------------------------------------------------------------------------------------------- workers
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
+
+
+def _process_chunk(task: tuple) -> tuple:
+    """Decode one chunk into its rows of images.npy; return its sums and skipped files."""
+    index, start, items, images_path, size, with_stats = task
+    images = np.lib.format.open_memmap(images_path, mode="r+")
+    # 255 * images fits uint32 for any sane chunk; half the memory traffic of int64
+    sum_image = np.zeros((size, size, 3), dtype=np.uint32 if 255 * len(items) < 2**32 else np.int64)
+    gram = np.zeros((3, 3), dtype=np.int64)
+    # Per image, each x x^T entry is at most 255 * 255 * S * S: exact in uint32 up to S = 257.
+    acc = np.uint32 if 255 * 255 * size * size < 2**32 else np.uint64
+    skipped = []
+    for offset, item in enumerate(items):
+        try:
+            pixels = item_pixels(item, size)
+        except SkipImage as exc:
+            skipped.append((start + offset, str(exc)))
+            continue
+        row = images[start + offset]
+        row[...] = pixels
+        if with_stats:  # from the stored row: exactly what the store will hold
+            np.add(sum_image, row, out=sum_image, casting="unsafe")
+            channels = [row[:, :, c].astype(np.uint16) for c in range(3)]
+            for i in range(3):
+                for j in range(i, 3):
+                    gram[i, j] += int((channels[i] * channels[j]).sum(dtype=acc))
+    del images  # no msync here: the parent fsyncs the file before it records the chunk as done
+    gram = np.triu(gram) + np.triu(gram, 1).T
+    return index, skipped, sum_image.astype(np.int64) if with_stats else None, gram
+
+
+def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progress: bool) -> None:
+    pending = [c for c in plan.chunks if c.index not in state.done]
+    total = sum(len(v) for v in plan.items.values())
+    done_images = total - sum(c.stop - c.start for c in pending)
+    if progress and state.done:
+        print(f"prepare: resuming, {len(state.done)} of {len(plan.chunks)} chunks already done", file=sys.stderr)
+    if not pending:
+        return
+    import torch  # imported before forking, so that workers start warm
+    from tqdm import tqdm
+
+    tasks = ((c.index, c.start, plan.items[c.split][c.start:c.stop], str(partial / c.split / "images.npy"),
+              plan.size, c.split == "train") for c in pending)
+    chunks = {c.index: c for c in plan.chunks}
+    save_every = float(os.environ.get(SAVE_ENV, "2"))
+    bar = tqdm(total=total, initial=done_images, unit="img", desc="prepare", smoothing=0.1,
+               disable=not (progress and sys.stderr.isatty()))
+    workers = min(workers, len(pending))
+    last_save = time.monotonic()
+
+    image_files = [partial / split / "images.npy" for split in plan.splits]
+
+    def save() -> None:
+        nonlocal last_save
+        # Rows written through the workers' memory maps are in the page cache; fsync puts them on disk
+        # before the state file says their chunks are done (a SIGKILL alone would not lose them).
+        for path in image_files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        state.save(partial)
+        last_save = time.monotonic()
+
+    def record(result: tuple) -> None:
+        index, skipped, sum_image, gram = result
+        chunk = chunks[index]
+        if sum_image is not None:
+            state.sum_image += sum_image
+            state.gram += gram
+        state.skipped.extend((chunk.split, i, reason) for i, reason in skipped)
+        state.done.add(index)
+        bar.update(chunk.stop - chunk.start)
+        if time.monotonic() - last_save >= save_every:
+            save()
+
+    try:
+        if workers == 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # --workers 1 means one core, as in the pool; restored below
+            try:
+                for task in tasks:
+                    record(_process_chunk(task))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            # ProcessPoolExecutor rather than Pool: a worker that dies (out of memory, a crash inside an
+            # image library) raises BrokenProcessPool here instead of leaving the parent waiting forever.
+            with ProcessPoolExecutor(workers, multiprocessing.get_context(method), _init_worker) as pool:
+                futures = [pool.submit(_process_chunk, task) for task in tasks]
+                try:
+                    for future in as_completed(futures):
+                        record(future.result())
+                except BaseException:
+                    for future in futures:
+                        future.cancel()  # running chunks finish (seconds); queued ones never start
+                    raise
+    except BrokenProcessPool:
+        save()
+        raise UserError("a decoding process died (out of memory, or a crash in an image library); "
+                        "run the same command again to continue, or use fewer --workers") from None
+    except BaseException:
+        save()  # keep what finished; the next run continues from here
+        raise
+    finally:
+        bar.close()
+    save()
+
+
+
+# ------------------------------------------------------------------------------------------- finishing
+
+
+def _finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
+    """Compact, write labels/mean/PCA/checksums into .partial and record the manifest to install."""
+    source = plan.source
+    skipped_rows: dict[str, dict[int, str]] = {s: {} for s in plan.splits}
+    for split, index, reason in state.skipped:
+        skipped_rows[split][int(index)] = reason
+    splits_info = {}
+    train_count = 0
+    for split in plan.splits:
+        items = plan.items[split]
+        holes = skipped_rows[split]
+        kept = len(items) - len(holes)
+        if kept == 0:
+            first = min(holes)
+            raise UserError(f"no usable image in the {split} split of {source.path}: every file was skipped "
+                            f"(first: {_one_line(items[first].name)}: {holes[first]})")
+        order = _row_order(len(items), sorted(holes))
+        images_path = partial / split / "images.npy"
+        _compact(images_path, order, kept)
+        labels = np.array([items[i].label for i in order], dtype=np.int64)
+        _write_npy(partial / split / "labels.npy", labels)
+        skipped = [{"file": n, "reason": r} for n, r in source.splits[split].skipped]
+        skipped += [{"file": items[i].name, "reason": holes[i]} for i in sorted(holes)]
+        splits_info[split] = {
+            "count": kept,
+            "per_class": np.bincount(labels, minlength=len(source.classes)).tolist(),
+            "skipped": skipped,
+            "images_bytes": os.path.getsize(images_path),
+            "checksum": checksum(images_path, partial / split / "labels.npy"),
+        }
+        if split == "train":
+            train_count = kept
+    mean = state.sum_image / train_count
+    _write_npy(partial / "mean.npy", mean.astype(np.float32))
+    mean_rgb, eigenvalues, eigenvectors = _colour_pca(state.sum_image.sum(axis=(0, 1)), state.gram,
+                                                      train_count * plan.size * plan.size)
+    source_info = {"path": source.path, "layout": source.layout}
+    if source.val_origin:
+        source_info["val"] = {"path": source.val_origin[0], "layout": source.val_origin[1]}
+    manifest = {
+        "format": FORMAT,
+        "size": plan.size,
+        "classes": list(source.classes),
+        "class_names": class_names(list(source.classes), source.words),
+        "source": source_info,
+        "splits": splits_info,
+        "mean_rgb": mean_rgb,
+        "pca": {"eigenvalues": eigenvalues, "eigenvectors": eigenvectors},
+        "preprocessing": "EXIF orientation applied, alpha dropped, shorter side scaled to size "
+                         "(antialiased bilinear), centre size x size crop, uint8 RGB",
+    }
+    _write_atomic(partial / "finished.json", json.dumps(manifest).encode())
+
+
+def _row_order(count: int, holes: list[int]) -> list[int]:
+    """Item index stored at each final row: skipped rows take the split's last kept images."""
+    kept = count - len(holes)
+    hole_set = set(holes)
+    donors = [i for i in range(kept, count) if i not in hole_set]
+    order = list(range(kept))
+    for hole, donor in zip((h for h in holes if h < kept), donors):
+        order[hole] = donor
+    return order
+
+
+def _compact(path: Path, order: list[int], kept: int) -> None:
+    """Move donor rows into holes, then shrink images.npy to `kept` rows. Safe to repeat after a crash:
+    donors all lie at or beyond `kept` and only rows before it are written, until the final truncation."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = reader(f)
+        data_offset = f.tell()
+    row_bytes = int(np.prod(shape[1:]))
+    final_bytes = data_offset + kept * row_bytes
+    if shape[0] == kept and os.path.getsize(path) == final_bytes:
+        return
+    if shape[0] != kept:
+        images = np.lib.format.open_memmap(path, mode="r+")
+        for row, item in enumerate(order):
+            if row != item:
+                images[row] = images[item]
+        images.flush()
+        del images
+    # Same header length as before (spaces absorb the shorter shape), so the data does not move.
+    prefix = 10 if version == (1, 0) else 12
+    new_shape = (kept, *shape[1:])
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {new_shape!r}, }}"
+    header = (text + " " * (data_offset - prefix - len(text) - 1) + "\n").encode("latin1")
+    with open(path, "r+b") as f:
+        f.seek(prefix)
+        f.write(header)
+        f.truncate(final_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _colour_pca(sum_rgb: np.ndarray, gram: np.ndarray, pixels: int) -> tuple[list, list, list]:
+    """Mean RGB and the eigen-decomposition of the 3x3 pixel covariance (unbiased, like np.cov).
+
+    Computed from exact integer sums: covariance = (P * sum(x x^T) - sum(x) sum(x)^T) / (P (P - 1)),
+    with the numerator in Python integers so nothing cancels catastrophically.
+    """
+    s = [int(v) for v in sum_rgb]
+    numerator = np.array([[pixels * int(gram[i, j]) - s[i] * s[j] for j in range(3)] for i in range(3)],
+                         dtype=object)
+    covariance = (numerator / (pixels * (pixels - 1))).astype(np.float64) if pixels > 1 else np.zeros((3, 3))
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    # eigh's signs are arbitrary; make each column's largest component positive so stores are comparable
+    signs = np.sign(eigenvectors[np.argmax(np.abs(eigenvectors), axis=0), range(3)])
+    eigenvectors = eigenvectors * np.where(signs == 0, 1, signs)
+    mean = [v / pixels for v in s]
+    return mean, eigenvalues.tolist(), eigenvectors.tolist()
+
+
+def _install(out: Path, partial: Path, progress: bool, started: float) -> Store:
+    """Move the finished files into OUT, write manifest.json last, remove .partial. Idempotent."""
+    manifest = json.loads((partial / "finished.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on OUT is not a complete store until the end
+    for stale in SPLITS:
+        if stale not in manifest["splits"] and (out / stale).exists():
+            shutil.rmtree(out / stale)
+    moves = [(partial / "mean.npy", out / "mean.npy")]
+    for split in manifest["splits"]:
+        (out / split).mkdir(exist_ok=True)
+        moves += [(partial / split / n, out / split / n) for n in ("images.npy", "labels.npy")]
+    for src, dst in moves:
+        if src.exists():  # absent: moved by an earlier, interrupted install
+            os.replace(src, dst)
+    for split in manifest["splits"]:
+        _fsync_dir(out / split)
+    manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest["complete"] = True
+    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    shutil.rmtree(partial)
+    store = open_store(out)
+    if progress:
+        print(summary_line(store, time.monotonic() - started), file=sys.stderr)
+    return store
+
+
+# -------------------------------------------------------------------------------------------- files
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
