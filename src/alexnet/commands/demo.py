@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.epochs < 1 or args.train_per_class < 2 or args.val_per_class < 1:
         raise UserError("--epochs, --train-per-class (>= 2) and --val-per-class must be positive")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a folder for the demo")
     if out.exists() and not (out / MARKER).exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a demo directory: choose another --out")
     overrides = parse_assignments(args.overrides)
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     print("next steps:")
     ckpt = run_dir / "best.pt"
     print(f"  alexnet eval {ckpt} --data {out / 'store'} --ten-crop")
-    print(f"  alexnet predict {ckpt} {out / 'images' / 'val' / 'disc'} --top 5 --panel predictions.png")
+    print(f"  alexnet predict {ckpt} {out / 'images' / 'val'}/*/*_00000.png --top 5 --panel predictions.png")
     print(f"  alexnet retrieve {ckpt} --index {out / 'store'} --query "
           f"{out / 'images' / 'val' / 'ring' / 'ring_00000.png'} -k 6 --panel retrieval.png")
     print(f"  alexnet kernels {ckpt} -o kernels.png    alexnet plot {run_dir} -o curves.png")

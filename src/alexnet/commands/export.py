@@ -1,0 +1,52 @@
+"""`alexnet export`: a checkpoint as safetensors, ONNX or TorchScript, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a checkpoint as safetensors, ONNX or TorchScript",
+        description="safetensors: the weights, the input statistics and (metadata) the config and classes. "
+                    "ONNX and TorchScript: the network with its input normalisation inside. Input 'crops': "
+                    "uint8 (N, crop, crop, 3) RGB, channels last, the centre crop of an image scaled to "
+                    "S x S as `prepare` does (S=256, crop=224 for the paper); the mean is subtracted inside. "
+                    "Output 'logits': float32 (N, classes), before the softmax. The batch size is free. The "
+                    "file is checked (ONNX with onnxruntime) against PyTorch on random crops and only "
+                    "then written: the largest difference of the logits is printed and must stay below "
+                    "1e-4 (1e-4 of the largest logit when logits exceed 1).")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"])
+    p.add_argument("-o", "--out", type=Path,
+                   help="output file (default: the checkpoint's name with .safetensors, .onnx or .torchscript.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.errors import UserError
+    from alexnet.export import FORMATS, export_onnx, export_safetensors, export_torchscript
+    from alexnet.inference import load_model
+
+    out: Path = args.out or args.checkpoint.with_name(args.checkpoint.stem + FORMATS[args.format])
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"-o {out} must name a file in an existing folder")
+    if out.exists() and out.resolve() == args.checkpoint.resolve():
+        raise UserError(f"-o {out} is the checkpoint itself: choose another output file")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists: choose another -o or pass --overwrite")
+    model, cfg, info = load_model(args.checkpoint, "cpu")
+    if args.format == "safetensors":
+        export_safetensors(model, cfg, info, out)
+        print(f"wrote {out} (weights, input statistics; config and classes in the metadata)")
+    elif args.format == "onnx":
+        agreement = export_onnx(model, cfg, info, out)
+        print(f"onnxruntime vs PyTorch on random crops: {agreement.describe()}")
+        print(f"wrote {out} (input 'crops': uint8 N x {cfg.data.crop} x {cfg.data.crop} x 3; output 'logits')")
+    else:
+        agreement = export_torchscript(model, cfg, info, out)
+        print(f"TorchScript vs eager on random crops: {agreement.describe()}")
+        print(f"wrote {out} (input uint8 N x {cfg.data.crop} x {cfg.data.crop} x 3; output logits)")
+    return 0

@@ -1,0 +1,31 @@
+"""`alexnet kernels`: the first layer's kernels as one picture (the paper's Figure 3)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "kernels", help="draw the conv1 kernels (Figure 3)",
+        description="Draw every conv1 kernel of a checkpoint as an RGB tile, each contrast-normalised on its "
+                    "own; with two towers, tower 1's kernels fill the upper rows and tower 2's the lower.")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT")
+    p.add_argument("-o", "--out", type=Path, default=Path("kernels.png"), help="PNG file (default kernels.png)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.errors import UserError
+    from alexnet.inference import load_model
+    from alexnet.plots import plot_kernels
+
+    if args.out.is_dir() or not args.out.parent.is_dir():
+        raise UserError(f"-o {args.out} must name a file in an existing folder")
+    model, cfg, _ = load_model(args.checkpoint)
+    weight = model.features[0].weight.detach().cpu().numpy()
+    if weight.shape[1] != 3:
+        raise UserError(f"conv1 of {args.checkpoint} takes {weight.shape[1]} channels, not RGB: nothing to draw")
+    print(plot_kernels(weight, cfg.model.towers, args.out))
+    return 0

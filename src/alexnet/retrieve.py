@@ -1,0 +1,177 @@
+"""Nearest neighbours in fc7 space, for `alexnet retrieve` (the paper's Figure 4, right).
+
+The index holds the last hidden layer's vector (AlexNet.embed: fc7 after its ReLU, eval mode, centre
+crop) of every image of one split of a store. It is computed once and kept as two files in a cache
+directory: fc7-<key>.npy (float32, N x D, memory-mapped when read, so an index larger than memory works)
+and fc7-<key>.json (what it was built from). The key is a hash of the weights, the store split's manifest
+entry (count and checksum), the crop and the normalisation: other weights or other data get another index.
+
+The search is exact (every index vector is compared, no approximation), batched on the device: distances
+are first computed in the expanded form |q|^2 + |x|^2 - 2 q.x (one matrix product per block of the index),
+which ranks candidates fast but loses digits for near-identical vectors, so the best candidates' distances
+are then recomputed directly as |q - x|. An image's distance to itself is exactly 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.config import Config
+from alexnet.errors import UserError
+from alexnet.inference import ModelInfo
+from alexnet.model import AlexNet
+
+INDEX_FORMAT = "alexnet-fc7-index/1"
+RERANK_EXTRA = 32  # candidates beyond k whose distances are recomputed exactly
+
+
+@dataclass
+class Index:
+    vectors: np.ndarray  # float32 (N, D), memory-mapped
+    labels: np.ndarray  # int64 (N,)
+    path: Path  # the .npy file
+    built: bool  # True when this call computed it, False when it was read from the cache
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer, by name: the same weights give the same digest."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def index_key(model: torch.nn.Module, cfg: Config, store: Any, split: str) -> str:
+    entry = store.manifest.get("splits", {}).get(split, {})
+    identity = {
+        "weights": weights_digest(model),
+        "split": split,
+        "store": {k: entry.get(k) for k in ("count", "checksum", "images_bytes")},
+        "size": store.size,
+        "crop": cfg.data.crop,
+        "normalize": cfg.data.normalize,
+    }
+    if not entry.get("checksum"):  # no fingerprint of the images: fall back to where they are
+        identity["root"] = str(Path(store.root).resolve())
+    return hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=10).hexdigest()
+
+
+@torch.no_grad()
+def embed_images(model: AlexNet, images: torch.Tensor, cfg: Config, stats: Any) -> torch.Tensor:
+    """fc7 vectors (B, D) of uint8 (B, S, S, 3) images on the model's device: eval mode, centre crop."""
+    from alexnet.data.augment import eval_views
+
+    model.eval()
+    return model.embed(eval_views(images, cfg.data, stats, ten_crop=False)).float()
+
+
+def build_or_load_index(model: AlexNet, cfg: Config, info: ModelInfo, store: Any, split: str, cache_dir: Path,
+                        device: torch.device, batch_size: int = 128, progress: bool = True) -> Index:
+    """The fc7 index of `split`, read from cache_dir when it was built before, else built and saved."""
+    from alexnet.data.loader import BatchLoader
+
+    if not store.has_split(split):
+        raise UserError(f"the store {store.root} has no '{split}' split: choose --split train or val")
+    data = store.split(split)
+    key = index_key(model, cfg, store, split)
+    npy, meta = cache_dir / f"fc7-{key}.npy", cache_dir / f"fc7-{key}.json"
+    if meta.is_file() and npy.is_file():
+        vectors = np.load(npy, mmap_mode="r")
+        if vectors.shape[0] == len(data.labels):
+            return Index(vectors, np.asarray(data.labels), npy, built=False)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the index folder {cache_dir} ({exc.strerror}): choose --index-cache") \
+            from None
+
+    stats = info.stats(cfg, device)
+    loader = BatchLoader(data.images, data.labels, batch_size, device)
+    n = len(data.labels)
+    dim = embed_images(model, torch.from_numpy(np.array(data.images[:1])).to(device), cfg, stats).shape[1]
+    # Written to a temporary file and renamed: an interrupted build never leaves a half index behind.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fc7-", suffix=".npy.tmp", dir=cache_dir)
+    except OSError as exc:
+        raise UserError(f"cannot write the index into {cache_dir} ({exc.strerror}): choose --index-cache") from None
+    os.close(fd)
+    try:
+        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc="fc7 index", unit="img", dynamic_ncols=True)
+        for batch in loader.eval_batches():
+            idx = batch.index.cpu().numpy()
+            vectors[idx[0]:idx[-1] + 1] = embed_images(model, batch.images, cfg, stats).cpu().numpy()
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        vectors.flush()
+        del vectors
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
+        os.replace(tmp, npy)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    record = {"format": INDEX_FORMAT, "split": split, "count": n, "dim": dim, "store": str(store.root),
+              "crop": cfg.data.crop, "layer": "last hidden FC layer after its activation (fc7)"}
+    tmp_meta = meta.with_name(meta.name + ".tmp")
+    tmp_meta.write_text(json.dumps(record, indent=1))
+    os.replace(tmp_meta, meta)  # written last: its presence marks a finished index
+    return Index(np.load(npy, mmap_mode="r"), np.asarray(data.labels), npy, built=True)
+
+
+@torch.no_grad()
+def nearest(vectors: np.ndarray, queries: torch.Tensor, k: int, device: torch.device,
+            block: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest index rows of each query by Euclidean distance: (distances, indices), (Q, k), nearest
+    first, on the CPU. Exact: every row is compared; candidates are re-ranked by direct differences."""
+    n = vectors.shape[0]
+    k = min(k, n)
+    keep = min(n, k + RERANK_EXTRA)
+    q = queries.to(device, torch.float32)
+    best_d = torch.empty(q.shape[0], 0, device=device)
+    best_i = torch.empty(q.shape[0], 0, dtype=torch.int64, device=device)
+    for start in range(0, n, block):
+        rows = torch.from_numpy(np.array(vectors[start:start + block])).to(device)  # a writable copy of the block
+        d = torch.cdist(q, rows, compute_mode="use_mm_for_euclid_dist")  # the expanded form, one matmul
+        ids = torch.arange(start, start + rows.shape[0], device=device).expand(q.shape[0], -1)
+        best_d, pos = torch.cat([best_d, d], 1).topk(min(keep, best_d.shape[1] + d.shape[1]), dim=1,
+                                                     largest=False)
+        best_i = torch.cat([best_i, ids], 1).gather(1, pos)
+    candidates = torch.from_numpy(np.stack([vectors[i] for i in best_i.cpu().numpy()])).to(device)
+    exact = (candidates - q[:, None, :]).norm(dim=2)
+    order = exact.argsort(dim=1, stable=True)[:, :k]
+    return exact.gather(1, order).cpu(), best_i.gather(1, order).cpu()
+
+
+def parse_store_query(text: str, count: int) -> int | None:
+    """'store:123' -> 123 (an image of the indexed split); None for anything else (an image file)."""
+    if not text.startswith("store:"):
+        return None
+    try:
+        i = int(text[len("store:"):])
+    except ValueError:
+        raise UserError(f"--query {text}: write store:N with N an image number of the indexed split") from None
+    if not 0 <= i < count:
+        raise UserError(f"--query {text}: the indexed split has images 0 to {count - 1}")
+    return i
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
