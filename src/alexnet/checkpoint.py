@@ -1,15 +1,20 @@
 """Checkpoints: atomic saves, the last k kept plus best, exact resume state, safe loading.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-torch.load(weights_only=True): no code runs from a checkpoint file. Writes go to a temporary file in the
-same directory, are fsynced, then os.replace'd into place: a reader sees the old file or the new one,
-never half of one. RUN/checkpoints/step-NNNNNNNN.pt are the numbered saves; RUN/last.pt and RUN/best.pt
-are hard links to the newest and the best (copies where links are not possible).
+torch.load(weights_only=True): no code runs from a checkpoint file, and a file that asks for any (a pickled
+callable) is refused. Writes go to a temporary file in the same directory, are fsynced, then os.replace'd
+into place: a reader sees the old file or the new one, never half of one, whenever the writer dies.
+RUN/checkpoints/step-NNNNNNNNN.pt are the numbered saves; RUN/last.pt and RUN/best.pt are hard links to the
+newest and the best (copies where links are not possible). A failed save (disk full, no permission) raises
+OSError and leaves every earlier file as it was and no temporary file behind.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -18,9 +23,23 @@ from typing import Any
 
 import torch
 
+from alexnet import faults
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-checkpoint/1"
+_NUMBERED = re.compile(r"^step-(\d+)\.pt$")
+
+
+@functools.cache
+def _file_mode() -> int:
+    """What open() would give a new file: 0666 less the umask (mkstemp's files are 0600)."""
+    try:  # Linux reports the umask without changing it
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -36,52 +55,130 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _os_error_behind(exc: BaseException) -> BaseException:
+    """The OSError (disk full, ...) that caused `exc`, if any. torch.save's archive writer finishes the archive
+    even after a failed write, so a full disk surfaces as a RuntimeError whose context is the real OSError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, fsync, rename over `path`. On failure nothing changes."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, faults.hooked(f))
+            except Exception as exc:
+                raise _os_error_behind(exc) from None
+            f.flush()
+            os.fsync(f.fileno())
+        faults.kill_point("replace")
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write a small text file (config.yaml, metrics.jsonl) so that it is never seen half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
-    _fsync_dir(path.parent)
+
+
+def lock_run_dir(run_dir: Path) -> int | None:
+    """Hold an exclusive lock on RUN/.lock for as long as the returned descriptor is open.
+
+    Two processes training into one run directory would interleave their checkpoints; the second is refused.
+    The kernel drops the lock when its process ends, SIGKILL included, so it never goes stale. Where the
+    file system cannot lock (some network mounts), None: no protection, but no refusal either.
+    """
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, _file_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{run_dir} is being written by another training process: wait for it to end or "
+                        "choose another --out") from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make dst name the same file as src, atomically (dst is never missing or partial)."""
     tmp = dst.with_name(f".{dst.name}.link")
+    _unlink_quietly(tmp)
     try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        _unlink_quietly(tmp)  # a copy cut short by a full disk must not stay behind
+        raise
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """A short reason for a file torch.load refused: code inside, or damage."""
+    text = str(exc)
+    code = re.search(r"GLOBAL ([\w.]+)", text)
+    if code:
+        return (f"it asks to run Python code ({code.group(1)}), which a checkpoint never holds; "
+                "refused without running it")
+    if isinstance(exc, EOFError) or "central directory" in text or "failed reading" in text:
+        return "it is truncated or corrupted"
+    # other unpickling failures (random bytes, a text file, another format): torch's own message is long and
+    # suggests weights_only=False, which is exactly what must not be done with an unknown file
+    return f"it is damaged or not a PyTorch file ({type(exc).__name__})"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load safely (weights_only): UserError when the file is missing, not a checkpoint or unsafe."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory: give a .pt file (for a run: RUN/last.pt or RUN/best.pt)")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncation, refused globals: all mean "not a usable checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable alexnet checkpoint ({first[:160]})") from None
+        raise UserError(f"{path} is not a readable alexnet checkpoint: {_why_unreadable(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an alexnet checkpoint (no '{FORMAT}' marker)")
     return ckpt
+
+
+def step_of(path: Path) -> int | None:
+    """The global step in a numbered checkpoint's name (step-000000120.pt -> 120), else None."""
+    match = _NUMBERED.match(path.name)
+    return int(match.group(1)) if match else None
 
 
 class CheckpointManager:
@@ -93,28 +190,60 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     def numbered(self) -> list[Path]:
-        """Numbered checkpoints, newest first."""
+        """Numbered checkpoints, newest (highest step) first."""
         if not self.dir.is_dir():
             return []
-        return sorted(self.dir.glob("step-*.pt"), key=lambda p: p.name, reverse=True)
+        found = [p for p in self.dir.iterdir() if step_of(p) is not None]
+        return sorted(found, key=lambda p: step_of(p) or 0, reverse=True)
 
     def save(self, state: dict[str, Any], global_step: int, is_best: bool) -> Path:
+        """Write step-N.pt, point last.pt (and best.pt) at it, drop the oldest beyond keep_last.
+
+        OSError (disk full, no permission) leaves the earlier checkpoints and links as they were.
+        """
+        faults.save_started()
         self.dir.mkdir(parents=True, exist_ok=True)
         state = dict(state, format=FORMAT)
         path = self.dir / f"step-{global_step:09d}.pt"
         atomic_save(state, path)
+        faults.kill_point("link")
         _link_or_copy(path, self.run_dir / "last.pt")
         if is_best:
             _link_or_copy(path, self.run_dir / "best.pt")
         for old in self.numbered()[self.keep_last:]:
-            try:
-                old.unlink()
-            except OSError:
-                pass
+            if old != path:
+                _unlink_quietly(old)
         return path
 
+    def remove_leftovers(self) -> list[Path]:
+        """Delete temporary files of saves that died part-way (SIGKILL, power loss); returns them."""
+        leftovers: list[Path] = []
+        for folder, pattern in ((self.dir, ".step-*.tmp"), (self.run_dir, ".*.link"), (self.run_dir, ".*.tmp")):
+            if folder.is_dir():
+                leftovers += [p for p in folder.glob(pattern) if p.is_file()]
+        for p in leftovers:
+            _unlink_quietly(p)
+        return leftovers
+
+    def set_aside_newer_than(self, step: int) -> list[Path]:
+        """Rename numbered checkpoints past `step` to *.pt.unused, so the resumed run's saves are the newest.
+
+        They are unreadable ones skipped by newest_valid, or a later point of a run resumed from an earlier
+        checkpoint on purpose. Renamed, not deleted: nothing is lost.
+        """
+        moved = []
+        for p in self.numbered():
+            if (step_of(p) or 0) > step:
+                target = p.with_name(p.name + ".unused")
+                os.replace(p, target)
+                moved.append(target)
+        return moved
+
     def newest_valid(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that loads, falling back past broken ones and saying so."""
+        """The newest checkpoint that loads, falling back past broken ones and saying so.
+
+        None when the run has no checkpoint at all; UserError when it has some and none can be read.
+        """
         candidates = self.numbered()
         last = self.run_dir / "last.pt"
         if not candidates and last.is_file():
@@ -124,4 +253,7 @@ class CheckpointManager:
                 return path, load_checkpoint(path, map_location)
             except UserError as exc:
                 print(f"alexnet: warning: {exc}; falling back to an older checkpoint", file=sys.stderr)
+        if candidates:
+            raise UserError(f"none of the {len(candidates)} checkpoints in {self.run_dir} can be read: resume from "
+                            "a good copy with --resume PATH or start a new --out")
         return None

@@ -190,7 +190,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "optim": {"weight_decay": 0.0, "schedule": "constant", "lr": 0.01},
         "train": {"epochs": 30},
     },
-    # The small net `alexnet demo` trains on generated images: the paper's ingredients at toy size.
+    # The small net `alexnet demo` trains on generated images: the paper's ingredients (towers, LRN, 3/2
+    # pooling, dropout, crops, flips, PCA noise, the paper's SGD) at toy size. Unlike the paper it scales
+    # inputs to unit variance and uses He initialisation: with the paper's N(0, 0.01^2) a net this small
+    # does not start learning within the demo's few minutes (measured: 90% error after 6 epochs, against
+    # 36% with these two changes).
     "demo": {
         "model": {
             "widths": [32, 64, 96, 96, 64],
@@ -199,11 +203,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "pads": [2, 1, 1, 1, 1],
             "fc": [256, 256],
             "num_classes": 10,
-            "init": "torchvision",
+            "init": "kaiming",
         },
-        "data": {"image_size": 40, "crop": 32},
-        "optim": {"lr": 0.02, "batch_size": 64, "schedule": "milestones", "milestones": [8]},
-        "train": {"epochs": 10, "log_every": 10},
+        "data": {"image_size": 40, "crop": 32, "normalize": "imagenet"},
+        "optim": {"lr": 0.02, "batch_size": 64, "schedule": "milestones", "milestones": [10]},
+        "train": {"epochs": 12, "log_every": 10},
     },
 }
 

@@ -10,18 +10,25 @@ alpha itself in the formula printed in the paper (literal=True). With groups=G t
 of C / G maps each, tower 1 first, and no window crosses from one tower into another.
 
 Why not torch.nn.LocalResponseNorm: it builds the window sum from pad + avg_pool3d + pow, a chain that
-on CPU costs several times what the convolutions around it cost, and autograd keeps every intermediate.
-Here the forward is six passes over memory and the backward eight, each a single vectorized torch op:
+on CPU costs several times what the convolutions around it cost, and autograd keeps its intermediates.
+Here forward and backward are each a short run of single vectorized torch ops (9 forward, 16 backward):
 
-- the window sum reads the squares once, through an unfold view of a channel-padded copy, instead of
-  summing shifted slices one by one; the pad planes hold k / size, so the sum comes out as the scale
-  k + c * S directly and clipped windows need no special case;
-- scale ** -0.75 (the paper's beta) is rsqrt, sqrt and cube, three ops that together cost half of one
+- the squares go into a copy padded along the channels whose pad planes hold k / size, so size - 1
+  shifted adds give the scale k + c * S directly, clipped windows included;
+- scale ** -0.75 (the paper's beta) is rsqrt, sqrt and cube, together a third of the cost of one
   general pow; other betas fall back to pow;
-- the backward saves only the input (which autograd keeps anyway) and the scale, and uses the analytic
-  gradient
+- the backward uses the analytic gradient
       grad_a_j = g_j * scale_j ** -beta
-                 - 2 * beta * c * a_j * sum_{i : j in window(i)} g_i * a_i * scale_i ** (-beta - 1).
+                 - 2 * beta * c * a_j * sum_{i : j in window(i)} g_i * a_i * scale_i ** (-beta - 1)
+  and saves only the input, which autograd usually keeps anyway (the ReLU before it saves the same
+  tensor): recomputing the scale measured about as fast on CPU as saving it, and keeps one tensor the
+  size of conv1's output less alive between forward and backward;
+- on CPU the work goes a few samples at a time through small reused buffers, which stay in cache and
+  avoid the page faults that every fresh full-batch buffer costs; only the output (and in the backward
+  the gradient) is allocated at full size.
+
+torch.compile of the same formulas (inductor, CPU) measured 1.8x slower forward and 2.9x slower backward
+than this eager code, after 35 s of compiling, so there is no compiled path.
 
 bfloat16 and float16 inputs are computed in float32 and returned in their own dtype. The output keeps
 the input's memory format (contiguous or channels_last).

@@ -6,6 +6,14 @@ function of (seed, epoch, step or sample index): the data order and augmentation
 by seeding torch's generator at every step. So a run resumed from any checkpoint, mid-epoch included,
 ends with the same weights as one that never stopped.
 
+Faults: SIGTERM/SIGINT only set a flag; at the next step boundary the run saves a checkpoint and exits with
+143/130 (all ranks agree). A SIGKILL at any moment loses at most the steps since the last checkpoint
+(train.checkpoint_every), since checkpoints are written atomically and --resume auto falls back past an
+unreadable one. A non-finite loss or gradient stops the run with one line naming the step (or, with
+on_nonfinite=skip, skips up to max_nonfinite steps in a row) and never saves the damaged weights. A failed
+save (disk full, no permission) warns and training goes on; MAX_FAILED_SAVES in a row stop it. The store is
+checked against its manifest's checksum at the start and before every epoch. Test hooks: alexnet/faults.py.
+
 Commands (one GPU, N GPUs, several machines) are in the README; `alexnet train --help` lists the flags.
 """
 
@@ -14,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -26,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet import faults
-from alexnet.checkpoint import CheckpointManager, atomic_write_text
+from alexnet.checkpoint import CheckpointManager, atomic_write_text, lock_run_dir
 from alexnet.config import Config
 from alexnet.data.augment import ColourStats, augment_train
 from alexnet.data.loader import BatchLoader
@@ -350,8 +359,10 @@ class Run:
 
                 n = batch.labels.numel()
                 correct = (logits.detach().argmax(1) == batch.labels).sum()
+                # torch.full fills on the device; torch.tensor(n, device=...) would copy from the host and so wait
+                # for the GPU every step
                 sums += torch.stack([loss.detach().double() * n, correct.double(),
-                                     torch.tensor(float(n), dtype=torch.float64, device=device)])
+                                     torch.full((), float(n), dtype=torch.float64, device=device)])
                 interval_loss += loss.detach().double()
                 interval_steps += 1
                 st.step_in_epoch = batch.step + 1
@@ -429,14 +440,7 @@ class Run:
             self._resume(resume)
         st = self.state  # after _resume, which replaces it
         if self.ctx.is_main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(_yaml_text(cfg), self.run_dir / "config.yaml")
-            except OSError as exc:
-                raise UserError(f"cannot write to {self.run_dir} ({exc.strerror or exc}): choose a writable "
-                                "--out or free some space") from None
-            if self.resumed_step is not None:
-                self._trim_metrics()
+            self._take_run_dir()
         self.open_logs()
         note = large_batch_note(cfg, self.lr_scale)
         if note:
@@ -478,7 +482,30 @@ class Run:
         finally:
             self.stop.uninstall()
             self.close_logs()
+            self._release_run_dir()
         return 0
+
+    def _take_run_dir(self) -> None:
+        """Create and lock RUN (one training process writes it at a time), write config.yaml, and drop the
+        metrics a killed process logged past the checkpoint resumed from."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_lock = lock_run_dir(self.run_dir)
+            atomic_write_text(_yaml_text(self.cfg), self.run_dir / "config.yaml")
+            if self.resumed_step is not None:
+                self._trim_metrics()
+        except OSError as exc:
+            self._release_run_dir()
+            raise UserError(f"cannot write to {self.run_dir} ({exc.strerror or exc}): choose a writable "
+                            "--out or free some space") from None
+        except BaseException:
+            self._release_run_dir()
+            raise
+
+    def _release_run_dir(self) -> None:
+        lock, self.run_lock = getattr(self, "run_lock", None), None
+        if lock is not None:
+            os.close(lock)  # closing releases the lock (so does the process ending, however it ends)
 
     def _stopped_by_signal(self, saved: bool) -> int:
         name = "SIGINT" if self.stop.signum == signal.SIGINT else "SIGTERM"

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "it into a store, trains the reduced `demo` preset with the same code as the paper's "
                     "net, evaluates with ten crops and writes the conv1 kernels and the training curves.")
     p.add_argument("--out", type=Path, default=Path("demo"), help="demo directory (default ./demo)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--val-per-class", type=int, default=60)
     p.add_argument("--device", default="auto")

@@ -1,7 +1,7 @@
 """Augmentation on the device, for the whole batch at once (SPEC section 3).
 
 Input: a batch of stored uint8 images (B, S, S, 3) already on the device, and each sample's global index.
-Training: random crop + random horizontal flip in one gather, then mean subtraction and PCA colour noise.
+Training: random crop, random horizontal flip, mean subtraction and PCA colour noise, each pixel written once.
 Evaluation: the centre crop or the ten views (4 corners + centre, each also mirrored).
 
 Every random number is a pure function of (seed, epoch, sample index, stream), computed on the device by
@@ -10,16 +10,17 @@ colour noise for the same sample. No generator state, no host round trip.
 
 Two ways to cut the views, with bit-identical results: on a GPU one gather for the whole batch (a single
 kernel); on the CPU one slice per image (a strided view, converted and mean-subtracted in one pass), because
-the CPU's advanced-indexing gather builds index tensors as large as the batch and was about 20x slower
-there (docs/PERFORMANCE.md).
+there torch's advanced-indexing gather is many times slower for 224 crops (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -197,22 +198,43 @@ def _sliced_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tens
     image's slice (uint8, a quarter of the float output's bytes).
     """
     bsz, size = images.shape[0], images.shape[1]
-    out = torch.empty(bsz, crop, crop, 3, dtype=torch.float32, device=images.device)
+    # numpy asks the kernel for huge pages on large arrays (torch's CPU allocator does not): a fresh 77 MB
+    # batch then costs a few hundred page faults instead of tens of thousands, several times the copy itself
+    if images.device.type == "cpu":
+        out = torch.from_numpy(np.empty((bsz, crop, crop, 3), dtype=np.float32))
+    else:
+        out = torch.empty(bsz, crop, crop, 3, dtype=torch.float32, device=images.device)
     rows_of = (crop, crop * 3)
     mean_shifted = torch.empty(rows_of, dtype=torch.float32, device=images.device)
     offset_rows = offsets.repeat(1, crop) if offsets is not None else None  # (B, crop * 3): r,g,b,r,g,b...
-    for i, (y, x, mirrored) in enumerate(zip(offset_y.tolist(), offset_x.tolist(), flip.tolist())):
-        if mirrored:
-            pixels = images[i, y:y + crop, x:x + crop].flip(1)
-            mean = stats.mean_mirrored[y:y + crop, size - x - crop:size - x]
-        else:
-            pixels = images[i, y:y + crop, x:x + crop]
-            mean = stats.mean[y:y + crop, x:x + crop]
-        mean = mean.reshape(rows_of)
-        if offset_rows is not None:
-            mean = torch.sub(mean, offset_rows[i], out=mean_shifted)
-        torch.sub(pixels.reshape(rows_of), mean, out=out[i].view(rows_of))
+    with _one_thread():
+        for i, (y, x, mirrored) in enumerate(zip(offset_y.tolist(), offset_x.tolist(), flip.tolist())):
+            if mirrored:
+                pixels = images[i, y:y + crop, x:x + crop].flip(1)
+                mean = stats.mean_mirrored[y:y + crop, size - x - crop:size - x]
+            else:
+                pixels = images[i, y:y + crop, x:x + crop]
+                mean = stats.mean[y:y + crop, x:x + crop]
+            mean = mean.reshape(rows_of)
+            if offset_rows is not None:
+                mean = torch.sub(mean, offset_rows[i], out=mean_shifted)
+            torch.sub(pixels.reshape(rows_of), mean, out=out[i].view(rows_of))
     return out
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one for a while. One image's ops are too small to split well: on an
+    idle 2-core machine two threads saved 15% of the loop, but when other processes held the cores each op
+    waited for a descheduled thread and the loop ran 3 to 10 times slower than on one thread."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def augment_train(images: Tensor, index: Tensor, cfg: DataConfig, stats: ColourStats, seed: int,

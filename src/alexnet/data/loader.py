@@ -56,6 +56,15 @@ def _file_of(images: np.ndarray) -> tuple[str, int] | None:
     return None
 
 
+def _resident_copy(images: np.ndarray, n: int, device: torch.device) -> Tensor:
+    """The first n images in device memory, copied 64 MiB at a time (host memory stays flat)."""
+    out = torch.empty((n,) + tuple(images.shape[1:]), dtype=torch.uint8, device=device)
+    chunk = max(1, (64 << 20) // max(1, int(np.prod(images.shape[1:]))))
+    for i in range(0, n, chunk):
+        out[i:i + chunk].copy_(torch.from_numpy(np.array(images[i:min(i + chunk, n)])))
+    return out
+
+
 class BatchLoader:
     """Reads batches of a split (images memmap + labels) for one rank."""
 
@@ -77,7 +86,7 @@ class BatchLoader:
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.resident: Tensor | None = None
         if on_device:  # the whole store in device memory: batches are gathered there
-            self.resident = torch.from_numpy(np.ascontiguousarray(images[: self.n])).to(device)
+            self.resident = _resident_copy(images, self.n, device)
         self.labels_t = torch.from_numpy(self.labels[: self.n].copy())
         self.file = _file_of(images)
         self.row_bytes = int(np.prod(images.shape[1:], dtype=np.int64))

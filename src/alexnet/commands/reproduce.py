@@ -1,0 +1,123 @@
+"""`alexnet reproduce figure1|ablations`: the paper's claims re-measured on CIFAR-10 (or any store)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "reproduce", help="re-measure the paper's claims: Figure 1 (ReLU vs tanh), ablations",
+        description="Re-measure the paper's claims. Runs are ordinary run directories under --out; "
+                    "running the same command again continues or skips what is finished.")
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    sub.required = True
+
+    f = sub.add_parser(
+        "figure1", help="epochs to 25%% training error, ReLU against tanh (paper: 6x faster)",
+        description="Train the four-layer net of Figure 1 (preset figure1) with ReLU and with tanh, each with "
+                    "the learning rate its sweep picks (short runs on part of the training split, scored on "
+                    "another held-out part of it), until the target training error or --max-epochs. Prints "
+                    "the epochs and wall time to the target and their ratio; writes OUT/figure1.png.")
+    f.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
+    f.add_argument("--out", type=Path, default=Path("runs/figure1"), help="output folder (default runs/figure1)")
+    f.add_argument("--max-epochs", type=int, default=60, help="epochs at most for each net (default 60)")
+    f.add_argument("--target", type=float, default=25.0, help="training error to reach, %% (default 25)")
+    f.add_argument("--sweep", metavar="LR1,LR2",
+                   help="candidate learning rates, comma-separated (default 0.003,0.01,0.03,0.1,0.3)")
+    f.add_argument("--sweep-epochs", type=int, default=2, help="epochs of each sweep run (default 2)")
+    f.add_argument("--sweep-images", type=int, default=10_000,
+                   help="training images each sweep run trains on (default 10000)")
+    f.add_argument("--holdout", type=int, default=5_000,
+                   help="other training images the sweep scores on (default 5000)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the figure1 preset")
+    f.set_defaults(func=run_figure1)
+
+    a = sub.add_parser(
+        "ablations", help="the cifar preset with each of the paper's ingredients removed in turn",
+        description="Train the cifar preset as it is and with each ingredient removed (LRN, overlapping "
+                    "pooling, two towers, PCA colour noise, dropout, crops and flips), for each seed. Writes "
+                    "OUT/ablations.md: validation top-1/top-5 error, mean and std over seeds, beside the "
+                    "paper's reported effects. Finished runs are skipped on a re-run.")
+    a.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
+    a.add_argument("--out", type=Path, default=Path("runs/ablations"), help="output folder (default runs/ablations)")
+    a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
+    a.add_argument("--epochs", type=int, help="epochs per run (default: the preset's); milestones scale with it")
+    a.add_argument("--train-images", type=int, default=0, metavar="N",
+                   help="train on a fixed random N of the training images (default: all): a reduced budget")
+    a.add_argument("--only", metavar="V1,V2",
+                   help="run these variants only, comma-separated (all, no-lrn, plain-pooling, one-tower, no-pca, "
+                        "no-dropout, no-crops-flips)")
+    a.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the cifar preset")
+    a.set_defaults(func=run_ablations)
+
+
+def _store(data: str, out: Path, preset: str, overrides: dict):
+    from alexnet.config import build_config
+    from alexnet.data.resolve import resolve_data
+
+    cfg = build_config(preset, None, overrides)  # bad keys are reported before any work
+    return resolve_data(data, out / "stores", cfg.data.image_size)
+
+
+def run_figure1(args: argparse.Namespace) -> int:
+    import math
+
+    from alexnet.config import parse_assignments
+    from alexnet.errors import UserError
+    from alexnet.reproduce.common import Stopped
+    from alexnet.reproduce.figure1 import DEFAULT_RATES, Figure1Options, reproduce_figure1
+
+    if args.max_epochs < 1 or args.sweep_epochs < 1 or args.sweep_images < 1 or args.holdout < 1:
+        raise UserError("--max-epochs, --sweep-epochs, --sweep-images and --holdout must be positive")
+    rates = DEFAULT_RATES
+    if args.sweep is not None:
+        try:
+            rates = tuple(float(r) for r in args.sweep.split(","))
+        except ValueError:
+            raise UserError(f"--sweep {args.sweep}: give learning rates separated by commas, e.g. 0.01,0.03") from None
+        if not all(lr > 0 and math.isfinite(lr) for lr in rates):
+            raise UserError("--sweep rates must be positive")
+    if not 0 < args.target < 100:
+        raise UserError("--target is a training error in percent: give a number between 0 and 100")
+    overrides = parse_assignments(args.overrides)
+    store = _store(args.data, args.out, "figure1", overrides)
+    opts = Figure1Options(target=args.target, max_epochs=args.max_epochs,
+                          rates=rates, sweep_epochs=args.sweep_epochs,
+                          sweep_images=args.sweep_images, holdout=args.holdout, seed=args.seed, overrides=overrides)
+    try:
+        reproduce_figure1(store, args.out, opts)
+    except Stopped as stop:
+        return stop.status
+    return 0
+
+
+def run_ablations(args: argparse.Namespace) -> int:
+    from alexnet.config import parse_assignments
+    from alexnet.errors import UserError
+    from alexnet.reproduce.ablations import PRESET, VARIANTS, reproduce_ablations
+    from alexnet.reproduce.common import Stopped
+
+    if args.seeds < 1 or (args.epochs is not None and args.epochs < 1) or args.train_images < 0:
+        raise UserError("--seeds and --epochs must be positive, --train-images at least 0")
+    variants = VARIANTS
+    if args.only:
+        names = {v.name for v in VARIANTS}
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown or not wanted:
+            raise UserError(f"unknown variant {', '.join(unknown) or repr(args.only)}: choose from "
+                            f"{', '.join(sorted(names))}")
+        variants = tuple(v for v in VARIANTS if v.name in wanted)
+    overrides = parse_assignments(args.overrides)
+    store = _store(args.data, args.out, PRESET, overrides)
+    try:
+        text = reproduce_ablations(store, args.out, args.seeds, args.epochs, overrides, variants, args.train_images)
+    except Stopped as stop:
+        return stop.status
+    print()
+    print(text, end="")
+    print(f"table: {args.out / 'ablations.md'}")
+    return 0
