@@ -19,7 +19,8 @@ from alexnet.inference import load_model
 from alexnet.train import train
 
 SMALL = {"train.epochs": 1, "optim.batch_size": 16, "data.crop": 32, "train.log_every": 4,
-         "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64], "optim.lr": 0.02}
+         "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64], "optim.lr": 0.02,
+         "data.normalize": "mean-image", "model.init": "torchvision"}  # hand computations below: pixel-unit inputs
 
 
 @pytest.fixture(scope="session")

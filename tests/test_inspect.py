@@ -19,7 +19,8 @@ from alexnet.train import train
 
 # the tiny net of tests/test_train.py: the demo preset's shape at small widths
 SMALL = {"train.epochs": 3, "optim.batch_size": 16, "data.crop": 32, "train.log_every": 4,
-         "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64], "optim.lr": 0.02}
+         "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64], "optim.lr": 0.02,
+         "data.normalize": "mean-image", "model.init": "torchvision"}  # hand computations below: pixel-unit inputs
 SIZE, CROP = 36, 32  # the store's image size (conftest's shapes_store) and the crop
 
 
