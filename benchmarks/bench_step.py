@@ -1,61 +1,41 @@
-"""Training step rate: the `paper` preset against the same net written plainly and torchvision's alexnet.
+"""Training step rate on synthetic input: each preset against the same net written plainly (and torchvision).
 
-    .venv/bin/python benchmarks/bench_step.py [--batch 128] [--repeats 5] [--device cpu|cuda]
+    .venv/bin/python benchmarks/bench_step.py [--presets paper,cifar] [--batch 128] [--repeats 3] [--compile]
+                                              [--device cpu|cuda] [--json benchmarks/out/step.json]
 
-Plain = grouped nn.Conv2d, torch.nn.LocalResponseNorm (per tower), torch.optim.SGD, NCHW, float32: what a
-careful reader of the paper writes in an afternoon. Ours = alexnet.build_model("paper") with its fast LRN,
-PaperSGD (foreach), channels_last where it wins. All on the same synthetic batch, measured in one run;
-the ratio is what counts.
+Plain = the preset's layers with torch.nn.LocalResponseNorm per tower, torch.optim.SGD, NCHW, float32
+(benchmarks/plain.py). Ours = the preset as `alexnet train` runs it: alexnet.ops LRN, PaperSGD (foreach),
+channels_last, bf16 autocast on CUDA. For `paper` also torchvision's alexnet (one tower, no LRN, the same
+0.72 G multiply-adds per image), NCHW and channels_last variants, and torch.compile when --compile is given.
+Every variant steps on the same fixed batch (no data loading), in one process: all of a preset's variants
+are built and warmed up, then stepped in turn, one step each, for --repeats rounds, so that a machine shared
+with other work slows them alike; each time is the median of its steps. The ratios are what counts.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
+from common import machine, markdown_table, median, time_steps, write_json
+from plain import flops_note, plain_net, plain_sgd
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, median, time_steps, write_json  # noqa: E402
+from alexnet.config import Config, build_config
+from alexnet.model import AlexNet
+from alexnet.optim import build_optimizer
 
-import alexnet  # noqa: E402
-from alexnet.optim import PaperSGD  # noqa: E402
-
-
-class TowerLRN(nn.Module):
-    """torch.nn.LocalResponseNorm applied to each tower's half of the maps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = x.chunk(2, dim=1)
-        return torch.cat([self.lrn(a), self.lrn(b)], dim=1)
-
-
-def plain_paper_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 96, 11, 4, 2), nn.ReLU(inplace=True), TowerLRN(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, 1, 2, groups=2), nn.ReLU(inplace=True), TowerLRN(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 384, 3, 1, 1, groups=2), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, 1, 1, groups=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Flatten(),
-        nn.Linear(9216, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(4096, 1000),
-    )
+PRESETS = ("paper", "one-tower", "cifar", "figure1", "demo")
 
 
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              autocast: bool = False):
+              bf16: bool = False) -> Callable[[], None]:
     def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -64,61 +44,98 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     return step
 
 
-def variants(device: torch.device, batch: int):
-    x = torch.randn(batch, 3, 224, 224, device=device) * 50
-    y = torch.randint(0, 1000, (batch,), device=device)
+def variants(cfg: Config, device: torch.device, batch: int, compile_too: bool
+             ) -> list[tuple[str, Callable[[], Callable[[], None]]]]:
+    crop = cfg.data.crop
+    x = torch.randn(batch, 3, crop, crop, device=device) * 50
+    y = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
     xcl = x.contiguous(memory_format=torch.channels_last)
+    cuda = device.type == "cuda"
 
-    def plain():
-        m = plain_paper_net().to(device)
-        return make_step(m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4), x, y)
+    def plain() -> Callable[[], None]:
+        m = plain_net(cfg).to(device)
+        return make_step(m, plain_sgd(m, cfg), x, y)
 
-    def tv():
+    def torchvision_alexnet() -> Callable[[], None]:
+        import torchvision
+
         m = torchvision.models.alexnet().to(device)
         return make_step(m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4), x, y)
 
-    def ours(channels_last: bool, bf16: bool = False):
-        def build():
-            m = alexnet.build_model("paper").to(device)
+    def ours(channels_last: bool, compiled: bool = False) -> Callable[[], Callable[[], None]]:
+        def build() -> Callable[[], None]:
+            m = AlexNet(cfg.model, crop).to(device)
             if channels_last:
                 m = m.to(memory_format=torch.channels_last)
-            return make_step(m, PaperSGD(m.parameters(), lr=0.01), xcl if channels_last else x, y, bf16)
+            net = torch.compile(m) if compiled else m
+            return make_step(net, build_optimizer(m, cfg.optim), xcl if channels_last else x, y, bf16=cuda)
         return build
 
-    out = [("plain (grouped Conv2d, nn.LocalResponseNorm, optim.SGD)", plain),
-           ("torchvision alexnet (one tower, no LRN, optim.SGD)", tv),
-           ("paper preset, NCHW", ours(False)),
-           ("paper preset, channels_last", ours(True))]
-    if device.type == "cuda":
-        out.append(("paper preset, channels_last, bf16 autocast", ours(True, True)))
+    precision = "bf16 autocast" if cuda else "fp32"
+    out = [("plain", plain)]
+    if cfg.preset == "paper":
+        out += [("torchvision alexnet", torchvision_alexnet), (f"ours NCHW, {precision}", ours(False))]
+    out.append((f"ours channels_last, {precision}", ours(True)))
+    if compile_too:
+        out.append((f"ours channels_last, {precision}, torch.compile", ours(True, True)))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=0, help="untimed steps after the first (large inputs)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--small-repeats", type=int, default=10, help="repeats for presets with small inputs")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (compilation time reported)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/step.json"))
     args = ap.parse_args()
     device = torch.device(args.device)
-    torch.manual_seed(0)
     results = []
-    for name, build in variants(device, args.batch):
-        step = build()
-        secs = median(time_steps(step, args.warmup, args.repeats, device))
-        results.append({"variant": name, "seconds_per_step": secs, "images_per_s": args.batch / secs})
-        print(f"{name}: {secs * 1000:.0f} ms/step, {args.batch / secs:.1f} images/s", flush=True)
-        del step
-    base = results[0]["images_per_s"]
-    tvrate = results[1]["images_per_s"]
-    rows = [[r["variant"], f"{r['seconds_per_step'] * 1000:.0f}", f"{r['images_per_s']:.1f}",
-             f"{r['images_per_s'] / base:.2f}x", f"{r['images_per_s'] / tvrate:.2f}x"] for r in results]
-    print()
-    print(f"Training step, batch {args.batch}, {device}: {machine()}")
-    print(markdown_table(["variant", "ms/step", "images/s", "vs plain", "vs torchvision"], rows))
-    write_json(args.json, {"machine": machine(), "batch": args.batch, "results": results})
+    for preset in args.presets.split(","):
+        cfg = build_config(preset)
+        big = cfg.data.crop >= 128
+        repeats = args.repeats if big else args.small_repeats
+        warmup = args.warmup if big else max(args.warmup, 3)
+        built = []
+        for name, build in variants(cfg, device, args.batch, args.compile and preset == "paper"):
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            step = build()
+            step()  # first step: allocations, and compilation for torch.compile
+            first = time.perf_counter() - t0
+            time_steps(step, warmup, 0, device)
+            built.append((name, step, first, []))
+        # one step of each variant in turn, `repeats` rounds: a load that comes and goes on a shared machine
+        # then slows every variant alike instead of whichever happened to run at the time
+        for _ in range(repeats):
+            for _name, step, _first, times in built:
+                times += time_steps(step, 0, 1, device)
+        for name, _step, first, times in built:
+            secs = median(times)
+            results.append({"preset": preset, "variant": name, "seconds_per_step": secs, "times": times,
+                            "images_per_s": args.batch / secs, "first_step_s": first,
+                            "gmacs_per_image": flops_note(cfg)})
+            print(f"{preset:9s} {name}: {secs * 1000:.0f} ms/step, {args.batch / secs:.1f} images/s "
+                  f"(first step {first:.1f} s)", flush=True)
+        del built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    rows = []
+    for r in results:
+        base = next(b for b in results if b["preset"] == r["preset"] and b["variant"] == "plain")
+        tv = next((b for b in results if b["variant"] == "torchvision alexnet"), None)
+        vs_tv = f"{r['images_per_s'] / tv['images_per_s']:.2f}x" if tv and r["preset"] == "paper" else ""
+        rows.append([r["preset"], r["variant"], f"{r['seconds_per_step'] * 1000:.0f}", f"{r['images_per_s']:.1f}",
+                     f"{r['images_per_s'] / base['images_per_s']:.2f}x", vs_tv])
+    table = markdown_table(["preset", "variant", "ms/step", "images/s", "vs plain", "vs torchvision"], rows)
+    print(f"\nTraining step on synthetic input, batch {args.batch}, {device}, median of "
+          f"{args.repeats} (large inputs) / {args.small_repeats} (small) steps, variants interleaved\n")
+    print(table)
+    write_json(args.json, {"machine": machine(), "device": str(device), "batch": args.batch, "results": results,
+                           "table": table})
 
 
 if __name__ == "__main__":

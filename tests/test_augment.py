@@ -110,3 +110,37 @@ def test_pca_colour_noise_follows_the_formula():
     np.testing.assert_allclose(coeff.std(0), 0.1 * np.sqrt(lam), rtol=0.03)
     np.testing.assert_allclose(coeff.mean(0), 0.0, atol=0.05 * np.sqrt(lam).max() * 0.1 * 3)
     assert abs(np.corrcoef(coeff[:, 0], coeff[:, 1])[0, 1]) < 0.03
+
+
+def test_cpu_slices_and_gpu_gather_cut_the_same_views_as_numpy():
+    """Every way of cutting views (per-image slices and whole windows on the CPU, one gather on GPUs) equals
+    the formula crop(image) - (crop(mean) - offset), mirrored where asked, in float32, bit for bit."""
+    from alexnet.data.augment import crop_views
+
+    size, crop, n = 48, 40, 12
+    rng = np.random.default_rng(5)
+    imgs = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    oy = rng.integers(0, size - crop + 1, n)
+    ox = rng.integers(0, size - crop + 1, n)
+    flip = np.arange(n) % 3 == 0
+    offsets = rng.normal(0, 5, (n, 3)).astype(np.float32)
+    for normalize in ("mean-image", "imagenet"):
+        st = ColourStats.build(torch.from_numpy(mean), torch.eye(3), torch.ones(3), normalize, torch.device("cpu"))
+        want = np.empty((n, crop, crop, 3), np.float32)
+        m_all = st.mean.numpy()
+        for b in range(n):
+            cols = slice(ox[b], ox[b] + crop)
+            img, m = imgs[b, oy[b]:oy[b] + crop, cols], m_all[oy[b]:oy[b] + crop, cols]
+            if flip[b]:
+                img, m = img[:, ::-1], m[:, ::-1]
+            want[b] = img - (m - offsets[b])
+            if normalize == "imagenet":
+                want[b] *= st.scale.numpy()
+        args = (torch.from_numpy(imgs), torch.from_numpy(oy), torch.from_numpy(ox), torch.from_numpy(flip), crop, st,
+                torch.from_numpy(offsets))
+        for method in ("slices", "windows", "gather"):
+            out = crop_views(*args, method=method)
+            assert out.shape == (n, 3, crop, crop) and out.is_contiguous(memory_format=torch.channels_last)
+            np.testing.assert_array_equal(out.numpy().transpose(0, 2, 3, 1), want)
+

@@ -1,9 +1,11 @@
 """Epoch order, rank shares and exact evaluation counts."""
 
 import numpy as np
+import pytest
 import torch
 
 from alexnet.data.loader import BatchLoader, epoch_permutation
+from alexnet.errors import UserError
 
 
 def make(n, size=4):
@@ -52,3 +54,34 @@ def test_eval_counts_every_image_once_for_any_world_size():
             loader = BatchLoader(images, labels, 4 * world, torch.device("cpu"), rank=r, world_size=world)
             seen += [i for b in loader.eval_batches() for i in b.index.tolist()]
         assert sorted(seen) == list(range(23))
+
+
+def test_batches_read_from_the_store_file_hold_the_rows_of_the_array(tmp_path):
+    """A memory-mapped .npy is read through the file (one read per image); a slice of one, whose own offset
+    numpy does not track, through the array. Both give exactly numpy's rows of those indices."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (37, 6, 6, 3), dtype=np.uint8)
+    labels = np.arange(37, dtype=np.int64) % 5
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    for source, rows, lab in ((mapped, images, labels), (mapped[5:], images[5:], labels[5:])):
+        loader = BatchLoader(source, lab, 8, torch.device("cpu"))
+        seen = 0
+        for b in loader.train_epoch(seed=3, epoch=1):
+            idx = b.index.numpy()
+            np.testing.assert_array_equal(b.images.numpy(), rows[idx])
+            np.testing.assert_array_equal(b.labels.numpy(), lab[idx])
+            seen += len(idx)
+        assert seen == 8 * (len(lab) // 8)
+        assert [i for b in loader.eval_batches() for i in b.index.tolist()] == list(range(len(lab)))
+
+
+def test_a_store_file_cut_short_is_a_user_error(tmp_path):
+    images = np.zeros((20, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    loader = BatchLoader(mapped, np.zeros(20, dtype=np.int64), 20, torch.device("cpu"))
+    path = tmp_path / "images.npy"
+    path.write_bytes(path.read_bytes()[: -4 * 4 * 3 * 3])  # the last three images gone
+    with pytest.raises(UserError, match="shorter than its header"):
+        list(loader.train_epoch(0, 0))

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from alexnet import ops
 from alexnet.ops import LocalResponseNorm, local_response_norm
 
 
 def lrn_by_loops(a: np.ndarray, size: int, alpha: float, beta: float, k: float, literal: bool) -> np.ndarray:
-    """b_i = a_i / (k + c * sum_{j=max(0, i-size//2)}^{min(C-1, i+(size-1)//2)} a_j^2)^beta, one channel at a time."""
+    """b_i = a_i / (k + c * sum_{j=max(0, i-size//2)}^{min(C-1, i+(size-1)//2)} a_j^2)^beta,
+    one channel at a time."""
     c = alpha if literal else alpha / size
     channels = a.shape[1]
     b = np.empty_like(a)
@@ -31,7 +33,8 @@ def torch_lrn_in_towers(x: torch.Tensor, size: int, alpha: float, beta: float, k
 
 @pytest.mark.parametrize("literal", [False, True])
 @pytest.mark.parametrize("size", [3, 5])
-@pytest.mark.parametrize("k, alpha, beta", [(2.0, 1e-4, 0.75), (1.0, 1e-2, 0.5), (0.5, 0.3, 1.3), (2.0, 0.05, 1.0)])
+@pytest.mark.parametrize("k, alpha, beta",
+                         [(2.0, 1e-4, 0.75), (1.0, 1e-2, 0.5), (0.5, 0.3, 1.3), (2.0, 0.05, 1.0)])
 def test_forward_matches_the_formula_written_out(literal, size, k, alpha, beta):
     torch.manual_seed(0)
     # Magnitudes up to ~10 so that even alpha=1e-4 moves the scale away from k.
@@ -46,9 +49,10 @@ def test_forward_matches_the_formula_written_out(literal, size, k, alpha, beta):
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7])
 @pytest.mark.parametrize("literal", [False, True])
-def test_forward_and_gradient_match_torch(size, literal):
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 1.3])
+def test_forward_and_gradient_match_torch(size, literal, beta):
     torch.manual_seed(1)
-    alpha, beta, k = 0.2, 0.75, 2.0
+    alpha, k = 0.2, 2.0
     x = (torch.randn(2, 9, 4, 5, dtype=torch.float64) * 3).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     grad = torch.randn(2, 9, 4, 5, dtype=torch.float64)
@@ -113,6 +117,41 @@ def test_non_contiguous_input_is_handled():
     x = wide[:, :, :, ::2]  # every other column: neither contiguous nor channels_last
     ours = local_response_norm(x, 5, 0.1, 0.75, 2.0)
     torch.testing.assert_close(ours, torch.nn.LocalResponseNorm(5, 0.1, 0.75, 2.0)(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_a_batch_split_into_uneven_chunks_matches_torch(monkeypatch, dtype, memory_format):
+    # On CPU the batch goes through in chunks of samples; make them 2 samples so 5 samples leave a
+    # remainder chunk of 1.
+    monkeypatch.setattr(ops, "_CPU_CHUNK_ELEMENTS", 2 * 8 * 4 * 3)
+    torch.manual_seed(10)
+    x = (torch.randn(5, 8, 4, 3) * 3).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
+    x_ref = x.detach().double().requires_grad_()
+    grad = torch.randn(5, 8, 4, 3)
+    out = local_response_norm(x, 5, 0.1, 0.75, 2.0, groups=2)
+    ref = torch_lrn_in_towers(x_ref, 5, 0.1, 0.75, 2.0, 2)
+    out.backward(grad.to(dtype))
+    ref.backward(grad.double())
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bfloat16: the final rounding, see below
+    torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, rtol=tolerance, atol=tolerance)
+
+
+def test_a_batch_of_several_default_chunks_matches_torch():
+    # 19 MiB of float32: large buffers (on huge pages where Linux allows), and with the default chunk
+    # size the 9 samples go through as 8 + 1.
+    torch.manual_seed(11)
+    assert ops._CPU_CHUNK_ELEMENTS // (32 * 128 * 128) == 8
+    x = (torch.randn(9, 32, 128, 128) * 3).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(9, 32, 128, 128)
+    out = local_response_norm(x, 5, 0.1, 0.75, 2.0, groups=2)
+    ref = torch_lrn_in_towers(x_ref, 5, 0.1, 0.75, 2.0, 2)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -190,3 +229,21 @@ def test_module_matches_the_function_and_describes_itself():
 def test_bad_arguments_raise_value_error(make_call):
     with pytest.raises(ValueError):
         make_call()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_cuda_matches_torch_on_the_same_device(memory_format):
+    torch.manual_seed(12)
+    x = (torch.randn(4, 16, 9, 9, device="cuda") * 3).contiguous(memory_format=memory_format)
+    x = x.requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(4, 16, 9, 9, device="cuda")
+    out = local_response_norm(x, 5, 0.1, 0.75, 2.0, groups=2)
+    ref = torch_lrn_in_towers(x_ref, 5, 0.1, 0.75, 2.0, 2)
+    out.backward(grad)
+    ref.backward(grad)
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
     f.add_argument("--out", type=Path, default=Path("runs/figure1"), help="output folder (default runs/figure1)")
     f.add_argument("--max-epochs", type=int, default=60, help="epochs at most for each net (default 60)")
-    f.add_argument("--target", type=float, default=25.0, help="training error to reach, %% (default 25)")
+    f.add_argument("--target", type=float, default=25.0,
+                   help="training error to reach, %% (default 25; another target needs another --out)")
     f.add_argument("--sweep", metavar="LR1,LR2",
                    help="candidate learning rates, comma-separated (default 0.003,0.01,0.03,0.1,0.3)")
     f.add_argument("--sweep-epochs", type=int, default=2, help="epochs of each sweep run (default 2)")
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--holdout", type=int, default=5_000,
                    help="other training images the sweep scores on (default 5000)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--only", choices=("relu", "tanh"),
+                   help="train one activation only (to run the two in parallel processes); the ratio and the "
+                        "figure come from a run without --only, which reuses both finished runs")
     f.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the figure1 preset")
     f.set_defaults(func=run_figure1)
 
@@ -86,7 +90,8 @@ def run_figure1(args: argparse.Namespace) -> int:
     store = _store(args.data, args.out, "figure1", overrides)
     opts = Figure1Options(target=args.target, max_epochs=args.max_epochs,
                           rates=rates, sweep_epochs=args.sweep_epochs,
-                          sweep_images=args.sweep_images, holdout=args.holdout, seed=args.seed, overrides=overrides)
+                          sweep_images=args.sweep_images, holdout=args.holdout, seed=args.seed, overrides=overrides,
+                          activations=(args.only,) if args.only else ("relu", "tanh"))
     try:
         reproduce_figure1(store, args.out, opts)
     except Stopped as stop:

@@ -8,9 +8,10 @@ Every random number is a pure function of (seed, epoch, sample index, stream), c
 an integer hash, so that resume, any batch size and any number of processes see the same crops, flips and
 colour noise for the same sample. No generator state, no host round trip.
 
-Two ways to cut the views, with bit-identical results: on a GPU one gather for the whole batch (a single
-kernel); on the CPU one slice per image (a strided view, converted and mean-subtracted in one pass), because
-there torch's advanced-indexing gather is many times slower for 224 crops (docs/PERFORMANCE.md).
+Three ways to cut the views, with bit-identical results: on a GPU one gather of pixels for the whole batch
+(a single kernel). On the CPU, where that gather is slow (an index computation per value): small crops are
+picked whole out of a strided view of every window of the batch, large ones one image at a time as a slice
+converted and mean-subtracted in one pass (docs/PERFORMANCE.md has the timings).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ _MASK32 = 0xFFFFFFFF
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# On the CPU, crops of at least this many pixels are cut image by image: below it the loop's fixed cost per
-# image (a few microseconds per op) outweighs what the gather wastes (measured: docs/PERFORMANCE.md).
-_SLICES_MIN_PIXELS = 32 * 32
+# On the CPU, crops of at least this many pixels are cut image by image, smaller ones all at once from the
+# windows view: the loop costs a few microseconds per image and op, the windows pick about 10 ns per value.
+# Measured on 2 cores, one thread: windows won at 24 and 32 pixel crops (2-4x), slices from 56 up (3x at 56,
+# more above).
+_SLICES_MIN_PIXELS = 48 * 48
 
 # Independent random streams per sample.
 STREAM_CROP_Y, STREAM_CROP_X, STREAM_FLIP, STREAM_PCA = 1, 2, 3, 4
@@ -161,13 +164,19 @@ def crop_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor,
     images: uint8 (B, S, S, 3); offset_y, offset_x: int64 (B,) top-left corners; flip: bool (B,);
     offsets: (B, 3) float32 or None. Returns float32 (B, 3, crop, crop) in channels_last memory: permuting
     a contiguous NHWC tensor to NCHW is exactly that layout, so no copy is made.
-    method: "gather" (one kernel, for GPUs), "slices" (a loop over images, for the CPU) or "auto".
-    Both compute x - (mean - offset) in float32 element by element, so they agree bit for bit.
+    method: "gather" (one kernel, for GPUs), "windows" or "slices" (for the CPU: small and large crops), or
+    "auto". All compute x - (mean - offset) in float32 element by element, so they agree bit for bit.
     """
     if method == "auto":
-        method = "slices" if images.device.type == "cpu" and crop * crop >= _SLICES_MIN_PIXELS else "gather"
+        if images.device.type != "cpu":
+            method = "gather"
+        else:
+            method = "slices" if crop * crop >= _SLICES_MIN_PIXELS else "windows"
     if method == "slices":
         x = _sliced_views(images, offset_y, offset_x, flip, crop, stats, offsets)
+    elif method == "windows":
+        with _one_thread():
+            x = _windowed_views(images, offset_y, offset_x, flip, crop, stats, offsets)
     else:
         rows, cols = _crop_indices(offset_y, offset_x, flip, crop)
         x = _gathered_views(images, rows, cols, stats, offsets)
@@ -186,6 +195,30 @@ def _gathered_views(images: Tensor, rows: Tensor, cols: Tensor, stats: ColourSta
     if offsets is not None:
         mean = mean - offsets[:, None, None, :]
     return x.sub_(mean)
+
+
+def _windows(t: Tensor, crop: int) -> Tensor:
+    """(N, S, S, C) contiguous -> the view (N, S - crop + 1, S - crop + 1, crop, crop, C) of every window."""
+    n, size, _, ch = t.shape
+    span = size - crop + 1
+    row, col = size * ch, ch
+    return t.as_strided((n, span, span, crop, crop, ch), (size * row, row, col, row, col, 1))
+
+
+def _windowed_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int,
+                    stats: ColourStats, offsets: Tensor | None) -> Tensor:
+    """The whole batch at once: each view is one window picked whole (the index names a window, not a
+    value). Mirrored views are windows of a mirrored copy of the batch, so this suits small images."""
+    bsz, size = images.shape[0], images.shape[1]
+    mirrored_x = torch.where(flip, size - crop - offset_x, offset_x)  # the same window, seen in the mirror
+    source = torch.cat([images.contiguous(), images.flip(2)])  # (2B, S, S, 3): as stored, then mirrored
+    which = torch.arange(bsz, device=images.device) + flip.to(torch.int64) * bsz
+    x = _windows(source, crop)[which, offset_y, mirrored_x].to(torch.float32)
+    means = torch.stack([stats.mean, stats.mean_mirrored])
+    mean = _windows(means, crop)[flip.to(torch.int64), offset_y, mirrored_x].view(bsz, crop, crop * 3)
+    if offsets is not None:
+        mean = mean - offsets.repeat(1, crop)[:, None, :]  # rows of crop * 3 values: r,g,b,r,g,b...
+    return x.view(bsz, crop, crop * 3).sub_(mean).view(bsz, crop, crop, 3)
 
 
 def _sliced_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int,

@@ -185,6 +185,8 @@ class BatchLoader:
 
         def worker() -> None:
             try:
+                if self.cuda:  # the current device is per thread: a rank on cuda:1 must not use cuda:0 here
+                    torch.cuda.set_device(self.device)
                 for b in batches:
                     if not put(b):
                         return

@@ -1,0 +1,174 @@
+"""`alexnet reproduce figure1|ablations` on a tiny generated set, and the arithmetic behind their reports."""
+
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+from conftest import run_cli
+from PIL import Image
+
+from alexnet.config import PRESETS, parse_assignments
+from alexnet.data.store import open_store
+from alexnet.reproduce.ablations import VARIANTS, reproduce_ablations, variant_config
+from alexnet.reproduce.figure1 import Figure1Options, best_rate, crossing_epoch, reproduce_figure1
+
+# Tiny nets so that every run takes about a second on one core.
+FIGURE1_TINY = ["model.widths=[4,4,8]", "optim.batch_size=16", "train.threads=1"]
+CIFAR_TINY = ["model.widths=[8,8,8,8,8]", "model.fc=[16,16]", "optim.batch_size=16", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def store32(tmp_path_factory):
+    """4 classes of generated 32x32 shapes, 32 train and 8 val images each, prepared at size 32."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import write_image_folder
+
+    root = tmp_path_factory.mktemp("repro")
+    folder = write_image_folder(root / "images", train_per_class=32, val_per_class=8, size=32, seed=1,
+                                classes=("disc", "square", "h-stripes", "cross"))
+    return prepare(folder, root / "store", size=32, workers=1, progress=False).root
+
+
+def epoch_records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
+
+
+def test_crossing_epoch_hand_computed():
+    # 30% after epoch 2, 20% after epoch 3: 25% is crossed half way, at 2.5
+    assert crossing_epoch([50.0, 30.0, 20.0, 10.0], 25.0) == (3, 2.5)
+    assert crossing_epoch([24.0, 10.0], 25.0) == (1, 1.0)
+    assert crossing_epoch([25.0], 25.0) == (1, 1.0)  # "at or below"
+    assert crossing_epoch([90.0, 80.0], 25.0) == (None, None)
+    k, x = crossing_epoch([60.0, 40.0, 35.0, 15.0], 25.0)
+    assert k == 4 and math.isclose(x, 3 + (35 - 25) / (35 - 15))
+
+
+def test_best_rate_lowest_error_then_smaller_rate():
+    assert best_rate({0.1: 40.0, 0.01: 35.0, 0.001: 50.0}) == 0.01
+    assert best_rate({0.1: 30.0, 0.03: 30.0, 0.3: 100.0}) == 0.03
+
+
+def test_each_variant_removes_exactly_its_ingredient():
+    base = variant_config(VARIANTS[0], 0, None, {}).to_dict()
+    expected = {
+        "no-lrn": {("model", "lrn"): False},
+        "plain-pooling": {("model", "pooling"): "plain"},
+        "one-tower": {("model", "towers"): 1},
+        "no-pca": {("data", "pca_std"): 0.0},
+        "no-dropout": {("model", "dropout"): 0.0},
+        "no-crops-flips": {("data", "random_crop"): False, ("data", "flip"): False},
+    }
+    assert {v.name for v in VARIANTS} == {"all", *expected}
+    for variant in VARIANTS[1:]:
+        cfg = variant_config(variant, 0, None, {}).to_dict()
+        changed = {(s, k): cfg[s][k] for s in ("model", "data", "optim", "train") for k in cfg[s]
+                   if cfg[s][k] != base[s][k]}
+        assert changed == expected[variant.name], variant.name
+
+
+def test_milestones_scale_with_the_epoch_budget():
+    preset = PRESETS["cifar"]
+    epochs0, milestones0 = preset["train"]["epochs"], preset["optim"]["milestones"]
+    cfg = variant_config(VARIANTS[0], 2, 10, {})
+    assert cfg.train.epochs == 10 and cfg.train.seed == 2
+    assert cfg.optim.milestones == sorted({max(1, round(m * 10 / epochs0)) for m in milestones0})
+    same = variant_config(VARIANTS[0], 0, epochs0, {})
+    assert same.optim.milestones == milestones0
+
+
+def test_figure1_writes_its_plot_and_prints_the_ratio(store32, tmp_path):
+    out = tmp_path / "f1"
+    # 1e6 makes the ReLU net's loss non-finite at once: that rate must lose the sweep
+    proc = run_cli("reproduce", "figure1", "--data", str(store32), "--out", str(out), "--max-epochs", "2",
+                   "--target", "99", "--sweep", "0.01,1e6", "--sweep-epochs", "1", "--sweep-images", "64",
+                   "--holdout", "32", *FIGURE1_TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep relu lr 1e+06: held-out top-1 error 100.00% (diverged)" in proc.stdout
+    assert "relu: training with lr 0.01 " in proc.stdout
+    # every net is below 99% after one epoch, so each stops there and the ratio is 1
+    for activation in ("relu", "tanh"):
+        records = epoch_records(out / activation)
+        assert len(records) == 1 and records[0]["train_top1_error"] <= 99
+    assert re.search(r"^ratio tanh/ReLU: 1\.0 in whole epochs, 1\.0 interpolated \(paper: 6\)$", proc.stdout, re.M)
+    with Image.open(out / "figure1.png") as img:
+        assert img.format == "PNG" and img.width > 300
+
+
+def test_figure1_reports_a_net_that_misses_the_target(store32, tmp_path):
+    out = tmp_path / "f1"
+    opts = Figure1Options(target=0.5, max_epochs=2, rates=(0.01,), sweep_epochs=1, sweep_images=64, holdout=32,
+                          overrides=parse_assignments(FIGURE1_TINY))
+    store = open_store(store32)
+    # one activation alone (as two parallel processes would run them): its curve, no ratio, no figure
+    alone, no_ratio = reproduce_figure1(store, out, dataclasses.replace(opts, activations=("relu",)),
+                                        say=lambda line: None)
+    assert [c.activation for c in alone] == ["relu"] and no_ratio == "" and not (out / "figure1.png").exists()
+    relu_metrics = (out / "relu" / "metrics.jsonl").read_text()
+    lines = []
+    curves, ratio = reproduce_figure1(store, out, opts, say=lines.append)
+    assert (out / "relu" / "metrics.jsonl").read_text() == relu_metrics  # the finished ReLU run was reused
+    errors = [r["train_top1_error"] for r in epoch_records(out / "relu")]
+    assert len(errors) == 2 and min(errors) > 0.5  # 4 classes, 2 tiny epochs: nowhere near 0.5% error
+    assert curves[0].errors == errors and curves[0].epochs_to_target is None
+    assert f"relu: lr 0.01, did not reach 0.5% in 2 epochs (last {errors[-1]:.2f}%" in "\n".join(lines)
+    assert ratio == "ReLU did not reach 0.5% within 2 epochs: no ratio"
+    assert (out / "figure1.png").is_file()
+
+
+def test_ablations_table_has_every_variant_and_a_rerun_skips_finished_runs(store32, tmp_path):
+    out = tmp_path / "abl"
+    args = ["reproduce", "ablations", "--data", str(store32), "--out", str(out), "--seeds", "1", "--epochs", "1",
+            *CIFAR_TINY]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "ablations.md").read_text()
+    run_dirs = {v.name: next(out.glob(f"{v.name}-e1-n128-seed0-*")) for v in VARIANTS}
+    for v in VARIANTS:
+        last = epoch_records(run_dirs[v.name])[-1]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {v.removed} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"{last['val_top1_error']:.2f}" and cells[2] == f"{last['val_top5_error']:.2f}"
+        assert cells[5] == v.paper
+    base = epoch_records(run_dirs["all"])[-1]["val_top1_error"]
+    no_lrn = epoch_records(run_dirs["no-lrn"])[-1]["val_top1_error"]
+    assert f"| {no_lrn - base:+.2f} |" in next(line for line in table.splitlines() if "local response" in line)
+
+    stamps = {p: p.stat().st_mtime_ns for d in run_dirs.values() for p in d.rglob("*") if p.is_file()}
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped ") == len(VARIANTS)
+    assert not re.search(r"^training ", again.stdout, re.M)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (out / "ablations.md").read_text() == table
+
+
+def test_ablations_mean_and_std_over_seeds(store32, tmp_path):
+    out = tmp_path / "abl"
+    text = reproduce_ablations(open_store(store32), out, 2, 1, parse_assignments(CIFAR_TINY), VARIANTS[:1],
+                               train_images=100, say=lambda line: None)
+    runs = [next(out.glob(f"all-e1-n100-seed{s}-*")) for s in (0, 1)]
+    assert all(r["step"] == 100 // 16 for r in map(lambda d: epoch_records(d)[-1], runs))  # 100 images, batch 16
+    errs = [epoch_records(d)[-1]["val_top1_error"] for d in runs]
+    mean = (errs[0] + errs[1]) / 2
+    std = math.sqrt(((errs[0] - mean) ** 2 + (errs[1] - mean) ** 2) / (2 - 1))  # sample std, n - 1
+    assert f"| nothing (the cifar preset) | {mean:.2f} ± {std:.2f} |" in text
+    assert "1 epochs on 100 training images, 2 seed(s)" in text
+    assert (out / "ablations.md").read_text() == text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ablations", "--only", "no-such"], "unknown variant no-such"),
+    (["ablations", "--seeds", "0"], "--seeds and --epochs must be positive"),
+    (["ablations", "--train-images", "-5"], "--train-images at least 0"),
+    (["figure1", "--sweep-images", "1000"], "the sweep needs 1000 + 5000 training images"),
+    (["figure1", "--target", "120"], "--target is a training error in percent"),
+    (["figure1", "--sweep", "0.01,fast"], "--sweep 0.01,fast: give learning rates separated by commas"),
+    (["figure1", "model.no_such_key=1"], "unknown config key"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(store32, tmp_path, args, message):
+    proc = run_cli("reproduce", *args, "--data", str(store32), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
