@@ -188,7 +188,7 @@ def main() -> None:
         return
     available = data_cases(args.quick)
     step_rows, step_results = [], []
-    for preset in args.presets.split(","):
+    for preset in filter(None, args.presets.split(",")):
         if STORE_OF[preset] not in available:
             print(no_data_message(STORE_OF[preset]), flush=True)
             continue
