@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -70,15 +71,20 @@ def main() -> int:
             return 2
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
     OUT.mkdir(parents=True, exist_ok=True)
+    # the `alexnet` command's own default (src/alexnet/cli.py), for every side of every comparison alike
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.perf_counter()
     info = machine()
+    info["omp_wait_policy"] = env["OMP_WAIT_POLICY"]
+    info["load_average_start"] = round(os.getloadavg()[0], 2)
     command = " ".join([Path(sys.executable).name, "benchmarks/run_all.py", *sys.argv[1:]])
     sections, failures = {}, []
     for name, cmd in todo.items():
         print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], capture_output=True, text=True,
-                              cwd=HERE.parent)
+                              cwd=HERE.parent, env=env)
         seconds = time.perf_counter() - t0
         print(proc.stdout, end="", flush=True)
         entry = {"command": " ".join(["benchmarks/" + cmd[0], *cmd[1:]]), "seconds": seconds,
@@ -97,6 +103,7 @@ def main() -> int:
         sections[name] = entry
         print(f"--- {name}: {seconds:.0f} s", flush=True)
     total = time.perf_counter() - started
+    info["load_average_end"] = round(os.getloadavg()[0], 2)
     report = {"machine": info, "command": command, "quick": args.quick, "total_seconds": total,
               "sections": sections}
     write_json(OUT / "bench.json", report)
@@ -111,7 +118,10 @@ def markdown(report: dict) -> str:
     hw = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else ", no GPU")
     lines = [f"# Benchmarks ({'quick smoke run, not for quoting' if report['quick'] else 'full run'})", "",
              f"- command: `{report['command']}`", f"- machine: {hw}",
-             f"- torch {m['torch']}, Python {m['python']}, {m['threads']} torch threads", f"- date: {m['date']}",
+             f"- torch {m['torch']}, Python {m['python']}, {m['threads']} torch threads, "
+             f"OMP_WAIT_POLICY={m['omp_wait_policy']}", f"- date: {m['date']}",
+             f"- load average (1 min) at start {m['load_average_start']}, at end {m['load_average_end']} "
+             "(other work on the machine; variants are interleaved, ratios are what counts)",
              f"- total time: {report['total_seconds']:.0f} s", ""]
     for name, s in report["sections"].items():
         lines += [f"## {TITLES.get(name, name)}", "", f"`{s['command']}` ({s['seconds']:.0f} s)", ""]

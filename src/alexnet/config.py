@@ -164,7 +164,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "data": {"image_size": 32, "crop": 24},
         "optim": {"lr": 0.03, "schedule": "milestones", "milestones": [11, 14], "batch_size": 128},
-        "train": {"epochs": 16, "precision": "bf16"},  # bf16 autocast: 1.4x the images/s of fp32 on this CPU
+        # bf16 autocast: 1.4x the images/s of fp32 on this CPU, with one thread: with two (torch's default on
+        # 2 cores) this net's bf16 step took 4x as long (1060 against 260 ms at batch 128; fp32: 300 ms)
+        "train": {"epochs": 16, "precision": "bf16", "threads": 1},
     },
     # Figure 1: the four-layer CIFAR-10 net (three 5x5 conv layers of 32, 32, 64 maps, each followed by 3/2
     # max-pooling, then a 10-way FC layer), no regularisation. Inputs are scaled to unit variance (`imagenet`
