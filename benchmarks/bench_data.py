@@ -9,8 +9,8 @@ transforms (resize and centre crop to S first, as the store was made), DataLoade
 
 Two data sets, from ../shared/data next to the repository (skipped with a message when absent):
 - imagenet: the 250 ILSVRC-2012 photos, each 8 times (symlinks) so an epoch holds 15 batches; stored at
-  256, 224 crops;
-- cifar10: the 45,000 training JPEGs, stored at 32, 24 crops (the cifar preset), the first 60 batches.
+  256, 224 crops; 30 batches (two epochs);
+- cifar10: the 45,000 training JPEGs, stored at 32, 28 crops (the cifar preset), the first 60 batches.
 Each measurement runs in a fresh process from a cold start (worker start-up, first reads included) to the
 last batch, and records the peak memory of that process and its workers (PSS: shared pages counted once).
 """
@@ -73,12 +73,12 @@ def cases(quick: bool) -> dict[str, dict]:
             print(f"preparing {src} into {store} (once) ...", flush=True)
             prepare(src, store, size=256, progress=False)
         out["imagenet"] = {"folder": str(src), "store": str(store), "crop": 224, "resize": True,
-                           "batches": 6 if quick else 15}
+                           "batches": 6 if quick else 30}
     else:
         print(no_data_message("imagenet-samples"), flush=True)
     cifar = real_store("cifar10", 32)
     if cifar is not None:
-        out["cifar10"] = {"folder": str(SHARED_DATA / "cifar10" / "train"), "store": str(cifar), "crop": 24,
+        out["cifar10"] = {"folder": str(SHARED_DATA / "cifar10" / "train"), "store": str(cifar), "crop": 28,
                           "resize": False, "batches": 15 if quick else 60}
     else:
         print(no_data_message("cifar10"), flush=True)

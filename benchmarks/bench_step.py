@@ -1,6 +1,6 @@
 """Training step rate on synthetic input: each preset against the same net written plainly (and torchvision).
 
-    .venv/bin/python benchmarks/bench_step.py [--presets paper,cifar] [--batch 128] [--repeats 3] [--compile]
+    .venv/bin/python benchmarks/bench_step.py [--presets paper,cifar] [--batch 128] [--repeats 2] [--compile]
                                               [--device cpu|cuda] [--json benchmarks/out/step.json]
 
 Plain = the preset's layers with torch.nn.LocalResponseNorm per tower, torch.optim.SGD, NCHW, float32
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=0, help="untimed steps after the first (large inputs)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="timed rounds for presets with 224 inputs")
     ap.add_argument("--small-repeats", type=int, default=10, help="repeats for presets with small inputs")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (compilation time reported)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

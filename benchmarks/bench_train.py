@@ -1,7 +1,7 @@
 """Training from a real store, through the loader and augmentation, as `alexnet train` runs it.
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--presets paper,one-tower,cifar,figure1,demo]
-                                               [--epoch-images 6400] [--device cpu|cuda] [--json ...]
+                                               [--epoch-images 3840] [--device cpu|cuda] [--json ...]
 
 1. Step rate of each preset with real input (Run.train_one_epoch: loader thread, augmentation, model,
    PaperSGD, the per-step checks) against the same Run's model and optimizer stepping again and again on
@@ -11,8 +11,9 @@
    ImageNet photos' store (256, 224 crops), the small presets the CIFAR-10 store (32).
 2. The cifar preset's epoch end to end against the plain way (ImageFolder JPEGs + torchvision transforms +
    DataLoader with 2 workers + the same net with torch.nn.LocalResponseNorm + torch.optim.SGD): the same
-   number of training images (--epoch-images, a subset of the 45,000: the epoch time scales with it), each
-   side in a fresh process, peak memory of the process and its workers (PSS).
+   number of training images (--epoch-images, a subset of the 45,000: the epoch time scales with it), from
+   process start (model, store, workers) to the last step, each side twice in fresh processes, alternating,
+   the faster run of each kept; peak memory of the process and its workers (PSS).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def steps(preset: str, store_path: str, device: torch.device, warmup: int, round
 
 
 def epoch_ours(store_path: str, images: int, device: torch.device) -> dict:
-    with tempfile.TemporaryDirectory() as tmp, MemorySampler() as mem:
+    with tempfile.TemporaryDirectory() as tmp, MemorySampler(0.2) as mem:
         start = time.perf_counter()
         run = make_run("cifar", store_path, device, {"train.limit_train": images, "train.log_every": 10**9},
                        Path(tmp))
@@ -122,7 +123,7 @@ def epoch_plain(store_path: str, images: int, device: torch.device, workers: int
 
     from alexnet.data.store import open_store
 
-    with MemorySampler() as mem:
+    with MemorySampler(0.2) as mem:
         start = time.perf_counter()
         cfg = build_config("cifar")
         store = open_store(store_path)
@@ -153,7 +154,7 @@ def child(args: argparse.Namespace) -> None:
     store = data_cases(args.quick)[STORE_OF.get(what, "cifar10")]["store"]
     if kind == "steps":
         big = STORE_OF[what] == "imagenet"
-        warmup, rounds, block = (1, 2 if args.quick else 3, 1) if big else (3, 2 if args.quick else 4, 5)
+        warmup, rounds, block = (1, 2, 1) if big else (3, 2 if args.quick else 4, 5)
         out = steps(what, store, device, warmup, rounds, block)
     elif what == "ours":
         out = epoch_ours(store, args.epoch_images, device)
@@ -182,7 +183,7 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.epoch_images is None:
-        args.epoch_images = 1280 if args.quick else 6400
+        args.epoch_images = 1280 if args.quick else 3840
     if args.one:
         child(args)
         return
@@ -203,11 +204,14 @@ def main() -> None:
                               "real / reused rate", "real images/s", "peak RSS MiB"], step_rows)]
     epoch_results = {}
     if "cifar10" in available:
-        for side in ("plain", "ours"):
-            epoch_results[side] = spawn(args, f"epoch:{side}")
-            r = epoch_results[side]
-            print(f"cifar epoch, {side}: {r['seconds']:.1f} s for {r['steps']} steps, peak {r['peak_pss_mb']:.0f} "
-                  f"MiB", flush=True)
+        # plain, ours, plain, ours: the faster of each side's two runs (a shared machine's load comes and goes)
+        for _ in range(1 if args.quick else 2):
+            for side in ("plain", "ours"):
+                r = spawn(args, f"epoch:{side}")
+                print(f"cifar epoch, {side}: {r['seconds']:.1f} s for {r['steps']} steps, peak "
+                      f"{r['peak_pss_mb']:.0f} MiB", flush=True)
+                if side not in epoch_results or r["seconds"] < epoch_results[side]["seconds"]:
+                    epoch_results[side] = r
         p, o = epoch_results["plain"], epoch_results["ours"]
         tables.append(markdown_table(
             ["cifar preset, one epoch of", "plain (JPEG DataLoader, 2 workers)", "ours (store)", "speed-up",

@@ -19,8 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 # Real photos for benchmarks only, next to the repository (a fresh clone elsewhere has none: benchmarks that
-# need them say so and skip).
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# need them say so and skip); ALEXNET_BENCH_DATA points elsewhere (a GPU machine with a copy of them).
+SHARED_DATA = Path(os.environ.get("ALEXNET_BENCH_DATA", ROOT.parent / "shared" / "data"))
 
 
 def machine() -> dict[str, Any]:

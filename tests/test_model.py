@@ -85,9 +85,10 @@ def _lrn(x):  # torch's own LRN, the per-tower reference
     return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x)
 
 
-def test_grouped_towers_equal_two_separate_half_networks():
+@pytest.mark.parametrize("tower_convs", ["grouped", "split"])
+def test_grouped_towers_equal_two_separate_half_networks(tower_convs):
     torch.manual_seed(0)
-    model = alexnet.build_model("paper", dropout=0.0).eval()
+    model = alexnet.build_model("paper", dropout=0.0, tower_convs=tower_convs).eval()
     f = model.features
     c1, c2, c3, c4, c5 = (m for m in f if isinstance(m, nn.Conv2d))
     fc6, fc7, fc8 = (m for m in model.classifier if isinstance(m, nn.Linear))
@@ -135,7 +136,7 @@ def test_switches():
     assert ten.classifier[-1].out_features == 10
 
 
-@pytest.mark.parametrize("preset,size", [("cifar", 24), ("figure1", 32), ("demo", 32)])
+@pytest.mark.parametrize("preset,size", [("cifar", 28), ("figure1", 32), ("demo", 32)])
 def test_small_presets_run(preset, size):
     cfg = build_config(preset)
     model = AlexNet(cfg.model, cfg.data.crop)
@@ -154,3 +155,15 @@ def test_embed_is_fc7_after_relu():
     assert e.shape == (1, 4096)
     # the logits are fc8 applied to the embedding
     torch.testing.assert_close(model.classifier[-1](e), model(x))
+
+
+def test_split_tower_convolutions_give_the_grouped_gradients():
+    torch.manual_seed(1)
+    grouped = alexnet.build_model("cifar", dropout=0.0, tower_convs="grouped").double()
+    split = alexnet.build_model("cifar", dropout=0.0, tower_convs="split").double()
+    split.load_state_dict(grouped.state_dict())  # the same parameters, the same names
+    x = torch.randn(3, 3, 28, 28, dtype=torch.float64) * 50
+    for model in (grouped, split):
+        model(x).square().sum().backward()
+    for (name, a), b in zip(grouped.named_parameters(), split.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-10, msg=name)

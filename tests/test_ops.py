@@ -83,6 +83,25 @@ def test_groups_normalize_each_tower_on_its_own(groups, channels):
     assert (ours.detach() - blind).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("size, groups", [(5, 2), (4, 1)])
+def test_under_torch_compile_the_layer_matches_torch(size, groups):
+    """Traced by torch.compile, the layer is the formula in functional ops (see ops.py); aot_eager runs the
+    traced forward and backward graphs without generating code, so no C compiler is needed."""
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    x = (torch.randn(2, 12, 5, 4, dtype=torch.float64) * 5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(2, 12, 5, 4, dtype=torch.float64)
+    compiled = torch.compile(lambda t: local_response_norm(t, size, 0.1, 0.75, 2.0, groups=groups),
+                             backend="aot_eager", fullgraph=True)
+    ours = compiled(x)
+    ref = torch_lrn_in_towers(x_ref, size, 0.1, 0.75, 2.0, groups)
+    ours.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("size, literal, groups", [(5, False, 1), (3, True, 2), (4, False, 2), (2, True, 1)])
 def test_gradcheck_in_float64(size, literal, groups):
     torch.manual_seed(3)

@@ -90,7 +90,8 @@ def test_figure1_writes_its_plot_and_prints_the_ratio(store32, tmp_path):
     assert "relu: training with lr 0.01 " in proc.stdout
     # every net is below 99% after one epoch, so each stops there and the ratio is 1
     for activation in ("relu", "tanh"):
-        records = epoch_records(out / activation)
+        (run_dir,) = out.glob(f"{activation}-lr*")  # the rate its sweep chose
+        records = epoch_records(run_dir)
         assert len(records) == 1 and records[0]["train_top1_error"] <= 99
     assert re.search(r"^ratio tanh/ReLU: 1\.0 in whole epochs, 1\.0 interpolated \(paper: 6\)$", proc.stdout, re.M)
     with Image.open(out / "figure1.png") as img:
@@ -106,11 +107,11 @@ def test_figure1_reports_a_net_that_misses_the_target(store32, tmp_path):
     alone, no_ratio = reproduce_figure1(store, out, dataclasses.replace(opts, activations=("relu",)),
                                         say=lambda line: None)
     assert [c.activation for c in alone] == ["relu"] and no_ratio == "" and not (out / "figure1.png").exists()
-    relu_metrics = (out / "relu" / "metrics.jsonl").read_text()
+    relu_metrics = (out / "relu-lr0.01" / "metrics.jsonl").read_text()
     lines = []
     curves, ratio = reproduce_figure1(store, out, opts, say=lines.append)
-    assert (out / "relu" / "metrics.jsonl").read_text() == relu_metrics  # the finished ReLU run was reused
-    errors = [r["train_top1_error"] for r in epoch_records(out / "relu")]
+    assert (out / "relu-lr0.01" / "metrics.jsonl").read_text() == relu_metrics  # the finished ReLU run was reused
+    errors = [r["train_top1_error"] for r in epoch_records(out / "relu-lr0.01")]
     assert len(errors) == 2 and min(errors) > 0.5  # 4 classes, 2 tiny epochs: nowhere near 0.5% error
     assert curves[0].errors == errors and curves[0].epochs_to_target is None
     assert f"relu: lr 0.01, did not reach 0.5% in 2 epochs (last {errors[-1]:.2f}%" in "\n".join(lines)

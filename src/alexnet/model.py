@@ -7,12 +7,16 @@ unchanged.
 
 Two towers on one device are grouped convolutions: the layers marked `split` (conv2, conv4, conv5) see
 only their own tower's maps (groups=2), conv1, conv3 and the FC layers see both. Channel order is tower 1
-first, and each tower's LRN normalizes over its own maps only (groups=2 in the LRN).
+first, and each tower's LRN normalizes over its own maps only (groups=2 in the LRN). How a grouped
+layer is computed is `tower_convs`: one grouped convolution, or one convolution per tower on its slice of
+the channels (the same weights and result; the two measured the same on an H100, see
+docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet.config import ModelConfig
@@ -44,6 +48,25 @@ def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
     return side
 
 
+class TowerConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same state_dict) whose groups can be computed as separate convolutions.
+
+    tower_convs: grouped (one grouped convolution) | split (one convolution per group, outputs
+    concatenated)."""
+
+    def __init__(self, *args, tower_convs: str = "grouped", **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.tower_convs = tower_convs
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.groups == 1 or self.tower_convs != "split" or self.padding_mode != "zeros":
+            return super().forward(x)
+        weights = self.weight.chunk(self.groups, dim=0)
+        biases = self.bias.chunk(self.groups) if self.bias is not None else [None] * self.groups
+        return torch.cat([F.conv2d(xi, w, b, self.stride, self.padding, self.dilation)
+                          for xi, w, b in zip(x.chunk(self.groups, dim=1), weights, biases)], dim=1)
+
+
 class AlexNet(nn.Module):
     """The configurable AlexNet. `forward` gives logits; `embed` gives the last hidden FC layer (fc7)."""
 
@@ -59,7 +82,8 @@ class AlexNet(nn.Module):
         in_ch = 3
         for i, out_ch in enumerate(widths):
             groups = towers if cfg.split[i] else 1
-            layers.append(nn.Conv2d(in_ch, out_ch, cfg.kernels[i], cfg.strides[i], cfg.pads[i], groups=groups))
+            layers.append(TowerConv2d(in_ch, out_ch, cfg.kernels[i], cfg.strides[i], cfg.pads[i], groups=groups,
+                                      tower_convs=cfg.tower_convs))
             layers.append(_activation(cfg.activation))
             if cfg.lrn and cfg.lrn_after[i]:
                 layers.append(

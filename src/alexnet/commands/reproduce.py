@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
     a.add_argument("--out", type=Path, default=Path("runs/ablations"), help="output folder (default runs/ablations)")
     a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
+    a.add_argument("--seed", type=int, metavar="K", help="train seed K only (to run seeds in parallel processes; "
+                                                            "the table over all seeds comes from a run without it)")
     a.add_argument("--epochs", type=int, help="epochs per run (default: the preset's); milestones scale with it")
     a.add_argument("--train-images", type=int, default=0, metavar="N",
                    help="train on a fixed random N of the training images (default: all): a reduced budget")
@@ -107,6 +109,8 @@ def run_ablations(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or (args.epochs is not None and args.epochs < 1) or args.train_images < 0:
         raise UserError("--seeds and --epochs must be positive, --train-images at least 0")
+    if args.seed is not None and not 0 <= args.seed < args.seeds:
+        raise UserError(f"--seed {args.seed} is outside the seeds 0..{args.seeds - 1}: raise --seeds or lower --seed")
     variants = VARIANTS
     if args.only:
         names = {v.name for v in VARIANTS}
@@ -119,7 +123,8 @@ def run_ablations(args: argparse.Namespace) -> int:
     overrides = parse_assignments(args.overrides)
     store = _store(args.data, args.out, PRESET, overrides)
     try:
-        text = reproduce_ablations(store, args.out, args.seeds, args.epochs, overrides, variants, args.train_images)
+        text = reproduce_ablations(store, args.out, args.seeds, args.epochs, overrides, variants, args.train_images,
+                                   only_seed=args.seed)
     except Stopped as stop:
         return stop.status
     print()

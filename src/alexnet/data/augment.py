@@ -228,12 +228,13 @@ def _sliced_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tens
     A crop of an (S, S, 3) image is a strided view whose rows are crop * 3 contiguous values, so every
     op below runs over rows of that length (vectorized; the per-image colour offset is one such row,
     broadcast down). A mirrored crop is a slice of the mirrored mean image and a flipped copy of the
-    image's slice (uint8, a quarter of the float output's bytes).
+    image's slice (uint8, a quarter of the float output's bytes). Two Python threads sharing the images
+    measured no faster than one (the loop is bound by memory traffic), so there is one.
     """
     bsz, size = images.shape[0], images.shape[1]
-    # numpy asks the kernel for huge pages on large arrays (torch's CPU allocator does not): a fresh 77 MB
-    # batch then costs a few hundred page faults instead of tens of thousands, several times the copy itself
     if images.device.type == "cpu":
+        # numpy asks the kernel for huge pages on large arrays (torch's CPU allocator does not): a fresh 77 MB
+        # batch then costs a few hundred page faults instead of tens of thousands, several times the copy
         out = torch.from_numpy(np.empty((bsz, crop, crop, 3), dtype=np.float32))
     else:
         out = torch.empty(bsz, crop, crop, 3, dtype=torch.float32, device=images.device)
@@ -258,8 +259,8 @@ def _sliced_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tens
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """torch's intra-op threads set to one for a while. One image's ops are too small to split well: on an
-    idle 2-core machine two threads saved 15% of the loop, but when other processes held the cores each op
-    waited for a descheduled thread and the loop ran 3 to 10 times slower than on one thread."""
+    idle 2-core machine two intra-op threads saved 15% of the loop, but when other processes held the cores
+    each op waited for a descheduled thread and the loop ran 3 to 10 times slower than on one thread."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)

@@ -79,6 +79,8 @@ class BatchLoader:
         self.n = len(self.labels) if not limit else min(limit, len(self.labels))
         self.batch_size = batch_size
         self.local_batch = batch_size // world_size
+        if device.type == "cuda" and device.index is None:  # "cuda": the current device, named (the thread
+            device = torch.device("cuda", torch.cuda.current_device())  # below sets it by index)
         self.device = device
         self.rank, self.world_size = rank, world_size
         self.prefetch = prefetch

@@ -114,9 +114,10 @@ def table(results: list[Result]) -> str:
 
 
 def reproduce_ablations(store: Any, out: Path, seeds: int, epochs: int | None, overrides: dict[str, Any],
-                        variants: tuple[Variant, ...] = VARIANTS, train_images: int = 0, say=print) -> str:
-    """Every variant for seeds 0..seeds-1, on all training images or a fixed random `train_images` of them
-    (the same for every run); writes and returns OUT/ablations.md."""
+                        variants: tuple[Variant, ...] = VARIANTS, train_images: int = 0, say=print,
+                        only_seed: int | None = None) -> str:
+    """Every variant for seeds 0..seeds-1 (or `only_seed` alone), on all training images or a fixed random
+    `train_images` of them (the same for every run); writes and returns OUT/ablations.md."""
     n_train = len(store.split("train"))
     if train_images and train_images < n_train:
         store = random_subset(store, train_images)
@@ -125,15 +126,16 @@ def reproduce_ablations(store: Any, out: Path, seeds: int, epochs: int | None, o
     results = []
     for variant in variants:
         top1, top5 = [], []
-        for seed in range(seeds):
+        for seed in range(seeds) if only_seed is None else (only_seed,):
             e1, e5 = run_variant(store, variant, seed, epochs, overrides, out, say)
             top1.append(e1)
             top5.append(e5)
         results.append(Result(variant, top1, top5))
     n_epochs = variant_config(variants[0], 0, epochs, overrides).train.epochs
     n_val = len(store.split("val"))
-    text = (f"Ablations of the `{PRESET}` preset: {n_epochs} epochs on {n_train} training images, {seeds} seed(s) "
-            f"({'mean ± std over seeds' if seeds > 1 else 'one seed, no spread'}); last-epoch centre-crop error "
+    n_seeds = seeds if only_seed is None else 1
+    text = (f"Ablations of the `{PRESET}` preset: {n_epochs} epochs on {n_train} training images, {n_seeds} seed(s) "
+            f"({'mean ± std over seeds' if n_seeds > 1 else 'one seed, no spread'}); last-epoch centre-crop error "
             f"on the {n_val} validation images. Change = variant minus the full recipe, in percentage points; "
             "the paper's figures are for ImageNet unless said.\n\n" + table(results) + "\n")
     (out / "ablations.md").write_text(text)

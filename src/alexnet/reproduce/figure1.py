@@ -14,6 +14,9 @@ What is measured:
   paper's heuristic), the same rule for both nets.
 - Epochs to the target: the first epoch whose training error is at or below it, and the crossing
   interpolated linearly between the two epochs around it. Both runs stop there, or at `max_epochs`.
+
+Runs: OUT/sweep/<activation>-lr<rate> for the sweep, OUT/<activation>-lr<rate> for the chosen rate, each an
+ordinary run directory continued (--resume auto) or reused when the command is run again.
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ def best_rate(scores: dict[float, float]) -> float:
 
 def train_to_target(store: Any, activation: str, lr: float, out: Path, opts: Figure1Options) -> Curve:
     """Train on the whole training split until the target training error or max_epochs."""
-    run_dir = out / activation
+    run_dir = out / f"{activation}-lr{lr:g}"  # another rate (a wider sweep) is another run
     view = StoreView(store, {"train": store.split("train")})  # no val split: nothing but training is timed
     _fit(_config(activation, lr, opts.max_epochs, opts), view, run_dir, opts.target)
     records = finished_epochs(run_dir)
