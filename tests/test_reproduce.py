@@ -148,8 +148,15 @@ def test_ablations_table_has_every_variant_and_a_rerun_skips_finished_runs(store
 
 def test_ablations_mean_and_std_over_seeds(store32, tmp_path):
     out = tmp_path / "abl"
+    # seed 1 alone first (as a parallel process would), then the table over both seeds reuses it
+    alone = reproduce_ablations(open_store(store32), out, 2, 1, parse_assignments(CIFAR_TINY), VARIANTS[:1],
+                                train_images=100, say=lambda line: None, only_seed=1)
+    assert not list(out.glob("all-e1-n100-seed0-*")) and "1 seed(s)" in alone
+    seed1_metrics = next(out.glob("all-e1-n100-seed1-*")) / "metrics.jsonl"
+    stamp = seed1_metrics.stat().st_mtime_ns
     text = reproduce_ablations(open_store(store32), out, 2, 1, parse_assignments(CIFAR_TINY), VARIANTS[:1],
                                train_images=100, say=lambda line: None)
+    assert seed1_metrics.stat().st_mtime_ns == stamp  # reused, not trained again
     runs = [next(out.glob(f"all-e1-n100-seed{s}-*")) for s in (0, 1)]
     assert all(r["step"] == 100 // 16 for r in map(lambda d: epoch_records(d)[-1], runs))  # 100 images, batch 16
     errs = [epoch_records(d)[-1]["val_top1_error"] for d in runs]
@@ -164,6 +171,7 @@ def test_ablations_mean_and_std_over_seeds(store32, tmp_path):
     (["ablations", "--only", "no-such"], "unknown variant no-such"),
     (["ablations", "--seeds", "0"], "--seeds and --epochs must be positive"),
     (["ablations", "--train-images", "-5"], "--train-images at least 0"),
+    (["ablations", "--seeds", "2", "--seed", "2"], "--seed 2 is outside the seeds 0..1"),
     (["figure1", "--sweep-images", "1000"], "the sweep needs 1000 + 5000 training images"),
     (["figure1", "--target", "120"], "--target is a training error in percent"),
     (["figure1", "--sweep", "0.01,fast"], "--sweep 0.01,fast: give learning rates separated by commas"),
