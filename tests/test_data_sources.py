@@ -7,12 +7,13 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 import torchvision.transforms.functional as TF
 from datagen import add_bytes, centre, encode, make_devkit, make_tar_of_tars, pattern, png_bomb, write
 from PIL import Image
 
 from alexnet.data import classnames, ilsvrc
-from alexnet.data.decode import SkipImage, decode_image, load_image
+from alexnet.data.decode import SkipImage, decode_image, load_image, plain_jpeg_pixels
 from alexnet.data.sources import find_source, item_pixels, split_off_validation, unsafe_member_name
 from alexnet.errors import UserError
 
@@ -128,6 +129,123 @@ def test_one_bit_image_becomes_black_and_white():
     buf = io.BytesIO()
     Image.fromarray(bits).save(buf, "PNG")
     assert np.array_equal(load_image(buf.getvalue(), 8)[:, :, 1], np.where(bits, 255, 0))
+
+
+# --- the libjpeg-turbo path for plain JPEGs (RGB or grey, upright) and the files that must avoid it
+
+
+def _photo_like(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth gradients plus mild noise: compresses like a photo, unlike pattern()'s pure noise."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    noise = np.random.default_rng(seed).normal(0, 6, (height, width, 3))
+    base = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 23 + y / 31)], axis=2)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _quadrants(height: int, width: int) -> np.ndarray:
+    """Top-left red, top-right green, bottom-left blue, bottom-right white."""
+    array = np.zeros((height, width, 3), np.uint8)
+    array[: height // 2, : width // 2] = (255, 0, 0)
+    array[: height // 2, width // 2 :] = (0, 255, 0)
+    array[height // 2 :, : width // 2] = (0, 0, 255)
+    array[height // 2 :, width // 2 :] = (255, 255, 255)
+    return array
+
+
+def _quadrant_colours(image: np.ndarray) -> list[tuple[int, ...]]:
+    """The colour at the middle of each quadrant (TL, TR, BL, BR), rounded to 0 or 255."""
+    h, w = image.shape[:2]
+    points = [(h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4), (3 * h // 4, 3 * w // 4)]
+    return [tuple(int(v > 127) * 255 for v in image[y, x]) for y, x in points]
+
+
+def _torchvision_of_pillow_decode(data: bytes, size: int, draft: bool = False) -> np.ndarray:
+    """Pillow's decode (optionally its draft mode), then torchvision's antialiased resize and centre crop."""
+    img = Image.open(io.BytesIO(data))
+    if draft:
+        img.draft("RGB", (size, size))
+    tensor = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+    return TF.center_crop(TF.resize(tensor, size, antialias=True), size).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_plain_jpeg_takes_the_fast_path_and_matches_pillow(progressive):
+    data = encode(_photo_like(375, 500, seed=20), "JPEG", quality=90, progressive=progressive)
+    img = Image.open(io.BytesIO(data))
+    fast = plain_jpeg_pixels(img, data, 256)
+    # the fast decoder returns exactly Pillow's pixels (same libjpeg-turbo, same IDCT and upsampling)
+    assert fast is not None and np.array_equal(fast, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    got = load_image(data, 256)
+    assert got.shape == (256, 256, 3) and got.dtype == np.uint8
+    # torch's uint8 kernel rounds slightly differently for channels-last and planar input: within 2 levels
+    assert np.abs(got.astype(int) - _torchvision_of_pillow_decode(data, 256).astype(int)).max() <= 2
+    # and a peer resize: Pillow's own BILINEAR (antialiased) on the same photo, within 2 grey levels on average
+    pil = Image.open(io.BytesIO(data)).convert("RGB").resize((341, 256), Image.Resampling.BILINEAR)
+    expected = np.asarray(pil)[:, 42:298]  # torchvision's rule: width int(256 * 500 / 375) = 341, left 42
+    assert np.abs(got.astype(int) - expected.astype(int)).mean() < 2.0
+
+
+def test_large_plain_jpeg_uses_the_draft_scale_on_the_fast_path():
+    data = encode(_photo_like(600, 1100, seed=21), "JPEG", quality=90)
+    fast = plain_jpeg_pixels(Image.open(io.BytesIO(data)), data, 128)
+    assert fast is not None and fast.shape == (150, 275, 3)  # 1/4: the largest keeping both sides >= 128
+    expected = _torchvision_of_pillow_decode(data, 128, draft=True)
+    assert np.abs(load_image(data, 128).astype(int) - expected.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("shape", [(300, 400), (400, 300)], ids=["landscape", "portrait"])
+def test_fast_path_keeps_orientation_and_colour_order(shape):
+    data = encode(_quadrants(*shape), "JPEG", quality=95)
+    assert plain_jpeg_pixels(Image.open(io.BytesIO(data)), data, 96) is not None
+    got = load_image(data, 96)
+    assert got.shape == (96, 96, 3)
+    assert _quadrant_colours(got) == [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+
+
+def test_grey_jpeg_takes_the_fast_path_and_is_replicated():
+    grey = _photo_like(120, 160, seed=22)[:, :, 0]
+    data = encode(grey, "JPEG", quality=90)
+    assert plain_jpeg_pixels(Image.open(io.BytesIO(data)), data, 120) is not None
+    got = load_image(data, 120)
+    decoded = np.asarray(Image.open(io.BytesIO(data)))  # Pillow's "L" decode, no resize needed (120 = S)
+    assert np.array_equal(got, np.repeat(decoded[:, 20:140, None], 3, axis=2))
+
+
+def test_upright_exif_orientation_still_takes_the_fast_path():
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    data = encode(_quadrants(300, 400), "JPEG", quality=95, exif=exif.tobytes())
+    assert plain_jpeg_pixels(Image.open(io.BytesIO(data)), data, 96) is not None
+    assert _quadrant_colours(load_image(data, 96)) == [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+
+
+def test_exif_rotated_jpeg_goes_the_pillow_way_and_is_rotated():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the top-left (red) quadrant ends up top-right
+    data = encode(_quadrants(300, 400), "JPEG", quality=95, exif=exif.tobytes())
+    assert plain_jpeg_pixels(Image.open(io.BytesIO(data)), data, 96) is None
+    got = load_image(data, 96)
+    assert got.shape == (96, 96, 3)
+    assert _quadrant_colours(got) == [(0, 0, 255), (255, 0, 0), (255, 255, 255), (0, 255, 0)]
+
+
+def test_cmyk_jpeg_and_png_go_the_pillow_way():
+    cmyk = Image.fromarray(_photo_like(60, 80, seed=23)).convert("CMYK")
+    buf = io.BytesIO()
+    cmyk.save(buf, "JPEG", quality=95)
+    png = encode(_photo_like(60, 80, seed=23), "PNG")
+    for data in (buf.getvalue(), png):
+        assert plain_jpeg_pixels(Image.open(io.BytesIO(data)), data, 60) is None
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[:, 10:70]
+    assert np.array_equal(load_image(buf.getvalue(), 60), expected)
+
+
+def test_damaged_jpeg_is_left_to_pillow():
+    data = encode(_photo_like(120, 160, seed=24), "JPEG", quality=90)
+    cut = data[: len(data) // 2]
+    assert plain_jpeg_pixels(Image.open(io.BytesIO(cut)), cut, 64) is None
+    with pytest.raises(SkipImage, match="truncated or corrupt image data"):
+        load_image(cut, 64)
 
 
 _JPEG = encode(pattern(64, 64, seed=10), "JPEG")

@@ -85,6 +85,25 @@ def test_store_holds_centre_crops_mean_and_pca(tmp_path):
     store.verify()
 
 
+def test_exact_sums_hold_for_chunks_of_more_than_257_images(tmp_path):
+    # Per-position sums build up in uint16 blocks of 257 images (255 * 257 = 65535); 300 images with
+    # saturated pixels in one chunk would overflow a block that is not flushed in time.
+    arrays = []
+    for i in range(300):
+        array = pattern(4, 4, seed=i)
+        array[0, :] = 255
+        arrays.append(array)
+        write(tmp_path / "src" / ("a" if i % 2 else "b") / f"{i:03d}.png", encode(array))
+    store = prepare(tmp_path / "src", tmp_path / "store", size=4, workers=1, progress=False, chunk_size=300)
+    images = np.stack([arrays[i] for i in range(1, 300, 2)] + [arrays[i] for i in range(0, 300, 2)])
+    assert np.array_equal(np.asarray(store.split("train").images), images)
+    np.testing.assert_allclose(store.mean, images.astype(np.float64).mean(axis=0), rtol=1e-6)
+    assert store.mean[0].min() == pytest.approx(255.0)
+    pixels = images.reshape(-1, 3).astype(np.float64)
+    eigenvalues = np.linalg.eigvalsh(np.cov(pixels.T))[::-1]
+    np.testing.assert_allclose(store.pca_eigenvalues, eigenvalues, rtol=1e-6)
+
+
 def test_pool_of_workers_writes_the_same_store_as_one_process(tmp_path):
     for c in range(3):
         for i in range(7):

@@ -4,12 +4,23 @@ Every path that reads a photo (prepare, predict) goes through `load_image` or `d
 and a single prediction see identical pixels.
 
 What happens, in order:
-- Pillow opens the bytes; the format comes from the content, not the file name (a PNG named .JPEG works).
+- Pillow opens the bytes (headers only); the format comes from the content, not the file name (a PNG
+  named .JPEG works).
 - Images over MAX_PIXELS are refused as decompression bombs (Pillow's own warning counts as an error).
-- JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale when the result still has both sides >= S,
-  which makes large photos several times cheaper to decode and never drops below S.
-- EXIF orientation is applied (ImageOps.exif_transpose).
-- Any mode becomes RGB. Alpha is dropped (the colour channels are kept as they are, as torchvision's
+- Fast path, for the common photo: a JPEG that Pillow reads as RGB or grey (YCbCr or greyscale, baseline
+  or progressive) and whose EXIF orientation is absent or 1 is decoded by simplejpeg, which calls
+  libjpeg-turbo directly. It gives exactly Pillow's pixels (same library, same settings: accurate integer
+  IDCT, smooth chroma upsampling) but skips Pillow's block-by-block decoding into its own image memory
+  and the copies into numpy, about 1.5x faster per photo. It uses the same DCT-domain scale as Pillow's
+  draft mode below (1/2, 1/4 or 1/8, the largest that keeps both sides >= S), so its output is the
+  Pillow path's output, bit for bit. libjpeg-turbo's other factors (M/8, e.g. 6/8 for a 500 x 375 photo
+  at S = 256) are not used: their IDCT has no SIMD version and decodes slower than full size does.
+  Anything the fast decoder rejects (damaged data, anything libjpeg only warns about) goes the Pillow
+  way, which then decodes it or says why not.
+- Otherwise (CMYK JPEG, EXIF-rotated, PNG, 16-bit, palette...): JPEG draft mode (libjpeg decodes at 1/2,
+  1/4 or 1/8 scale when the result still has both sides >= S, which makes large photos several times
+  cheaper to decode and never drops below S); EXIF orientation is applied (ImageOps.exif_transpose);
+  any mode becomes RGB. Alpha is dropped (the colour channels are kept as they are, as torchvision's
   default loader does), grey is replicated, CMYK/YCbCr/palette use Pillow's conversions, 16-bit grey
   is scaled by 255/65535 (Pillow would clip it at 255 instead).
 - The shorter side is scaled to S (the longer one to int(S * long / short), torchvision's rule) with
@@ -26,10 +37,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's default pixel limit (about 89 megapixels, e.g. 9459 x 9459): far above any photo in ImageNet.
 MAX_PIXELS = 89_478_485
+# EXIF tag 0x0112: 1 (or absent) means the stored pixels are already upright.
+_ORIENTATION = 0x0112
 # Beyond this ratio of scaled long side to S, scaling the whole image would allocate a huge strip.
 _ELONGATED = 4
 
@@ -79,6 +93,9 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             raise SkipImage(f"decompression bomb: {width} x {height} is more than {MAX_PIXELS} pixels")
         if width < 1 or height < 1:
             raise SkipImage(f"empty image ({width} x {height})")
+        pixels = plain_jpeg_pixels(img, data, size)
+        if pixels is not None:
+            return resize_center_crop(pixels, size)
         img.draft("RGB", (size, size))  # JPEG only: DCT-domain downscale, both sides stay >= size
         try:
             ImageOps.exif_transpose(img, in_place=True)
@@ -88,6 +105,37 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         except Exception as exc:  # truncated data, bad EXIF, broken palette...: the file, not our code
             raise SkipImage(f"truncated or corrupt image data ({_describe(exc)})") from None
     return resize_center_crop(pixels, size)
+
+
+def draft_scale(width: int, height: int, size: int) -> int:
+    """Pillow's JPEG draft rule: the largest of 8, 4, 2, 1 that divides both sides to at least size."""
+    fits = min(width // size, height // size)
+    return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
+
+
+def plain_jpeg_pixels(img: Image.Image, data: bytes, size: int) -> np.ndarray | None:
+    """The photo decoded by libjpeg-turbo at Pillow's draft scale, or None when it must go the Pillow way.
+
+    Only for JPEGs that Pillow would decode to RGB or grey and that need no EXIF rotation, so the two
+    ways give the same pixels; CMYK, rotated, damaged or unusual files return None."""
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None
+    try:
+        if img.getexif().get(_ORIENTATION, 1) in range(2, 9):  # as exif_transpose: other values mean upright
+            return None
+    except Exception:  # damaged EXIF: the Pillow way reports it
+        return None
+    width, height = img.size
+    scale = draft_scale(width, height, size)
+    # The smallest M/8 scale giving at least ceil(side / scale) is exactly 1/scale (scale is 1, 2, 4 or 8).
+    min_width, min_height = -(-width // scale), -(-height // scale)
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_width, min_height=min_height)
+    except Exception:  # anything libjpeg-turbo rejects or warns about: Pillow decides what it is
+        return None
+    if pixels.shape != (min_height, min_width, 3):  # not the scale Pillow would use: keep the ways identical
+        return None
+    return pixels
 
 
 def _describe(exc: Exception) -> str:
@@ -148,8 +196,10 @@ def resize_center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
 
     with warnings.catch_warnings():  # Pillow's arrays are read-only; torch only reads this one
         warnings.simplefilter("ignore", UserWarning)
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
+        # (1, C, H, W) over HWC memory with a proper batch stride: torch sees channels_last and returns
+        # channels_last, so the crop below is a cheap row copy rather than a planar-to-interleaved one.
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0).permute(0, 3, 1, 2)
     scaled = F.interpolate(batch, size=(new_height, new_width), mode="bilinear", antialias=True,
                            align_corners=False)
-    # A strided view: whoever stores it (a memmap row, np.array) makes the one copy needed.
+    # A strided view: whoever stores it (a row of the store, np.array) makes the one copy needed.
     return scaled[0, :, top : top + size, left : left + size].permute(1, 2, 0).numpy()

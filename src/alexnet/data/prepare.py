@@ -3,7 +3,7 @@
 How it works:
 - sources.find_source lists the images of every split; the work is cut into chunks of consecutive images.
 - A multiprocessing pool (fork; default one worker per core) decodes chunks; each worker writes its
-  rows straight into the split's images.npy (a memory map opened r+ in the worker), so the parent never
+  rows straight into the split's images.npy (pwrite at each row's offset), so the parent never
   holds pixels and memory stays flat whatever N. Workers also return the chunk's exact integer sums
   (per-position pixel sums for the mean image; sum of x x^T over pixels for the colour covariance) for
   the train split. Integers rather than float64: sums of uint8 products are exact in int64 for any
@@ -331,30 +331,60 @@ def _init_worker() -> None:
 def _process_chunk(task: tuple) -> tuple:
     """Decode one chunk into its rows of images.npy; return its sums and skipped files."""
     index, start, items, images_path, size, with_stats = task
-    images = np.lib.format.open_memmap(images_path, mode="r+")
+    row_bytes = size * size * 3
+    data_offset = _data_offset(Path(images_path))
     # 255 * images fits uint32 for any sane chunk; half the memory traffic of int64
     sum_image = np.zeros((size, size, 3), dtype=np.uint32 if 255 * len(items) < 2**32 else np.int64)
+    # ...and 255 * 257 fits uint16: per-position sums build up in a uint16 block flushed every 257 images,
+    # a quarter of the traffic of adding each image into the uint32 sums.
+    block, in_block = np.zeros((size, size, 3), dtype=np.uint16), 0
     gram = np.zeros((3, 3), dtype=np.int64)
     # Per image, each x x^T entry is at most 255 * 255 * S * S: exact in uint32 up to S = 257.
+    # (Measured: this beats a float64 BLAS X^T X of the (S*S, 3) pixels, whose 3-wide rows BLAS handles badly.)
     acc = np.uint32 if 255 * 255 * size * size < 2**32 else np.uint64
+    row = np.empty((size, size, 3), dtype=np.uint8)  # the image as stored, contiguous
     skipped = []
-    for offset, item in enumerate(items):
-        try:
-            pixels = item_pixels(item, size)
-        except SkipImage as exc:
-            skipped.append((start + offset, str(exc)))
-            continue
-        row = images[start + offset]
-        row[...] = pixels
-        if with_stats:  # from the stored row: exactly what the store will hold
-            np.add(sum_image, row, out=sum_image, casting="unsafe")
-            channels = [row[:, :, c].astype(np.uint16) for c in range(3)]
-            for i in range(3):
-                for j in range(i, 3):
-                    gram[i, j] += int((channels[i] * channels[j]).sum(dtype=acc))
-    del images  # no msync here: the parent fsyncs the file before it records the chunk as done
+    with open(images_path, "r+b") as f:
+        for offset, item in enumerate(items):
+            try:
+                pixels = item_pixels(item, size)
+            except SkipImage as exc:
+                skipped.append((start + offset, str(exc)))
+                continue
+            row[...] = pixels
+            # pwrite of a contiguous row rather than a store through a memory map: no page fault per
+            # 4 KiB of a sparse file, about 3x cheaper. No fsync here: the parent fsyncs the file before
+            # it records the chunk as done.
+            _write_fully(f.fileno(), row, data_offset + (start + offset) * row_bytes)
+            if with_stats:  # from the stored row: exactly what the store will hold
+                np.add(block, row, out=block)
+                in_block += 1
+                if in_block == 257:
+                    np.add(sum_image, block, out=sum_image, casting="unsafe")
+                    block[...], in_block = 0, 0
+                channels = [row[:, :, c].astype(np.uint16) for c in range(3)]
+                for i in range(3):
+                    for j in range(i, 3):
+                        gram[i, j] += int((channels[i] * channels[j]).sum(dtype=acc))
+    np.add(sum_image, block, out=sum_image, casting="unsafe")
     gram = np.triu(gram) + np.triu(gram, 1).T
     return index, skipped, sum_image.astype(np.int64) if with_stats else None, gram
+
+
+def _write_fully(fd: int, data: np.ndarray, position: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+
+
+def _data_offset(path: Path) -> int:
+    """Where the array data of an .npy file starts (after its magic and header)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        reader(f)
+        return f.tell()
 
 
 def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progress: bool) -> None:
