@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -266,3 +271,50 @@ def test_cuda_matches_torch_on_the_same_device(memory_format):
     assert out.is_contiguous(memory_format=memory_format)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bfloat16_channels_last_is_close_to_float32_torch():
+    torch.manual_seed(13)
+    x = (torch.randn(8, 96, 13, 13, device="cuda") * 20).to(memory_format=torch.channels_last)
+    grad = torch.randn(8, 96, 13, 13, device="cuda")
+    half = x.to(torch.bfloat16).requires_grad_()
+    out = local_response_norm(half, 5, 1e-4, 0.75, 2.0, groups=2)
+    out.backward(grad.to(torch.bfloat16))
+    x_ref = half.detach().float().requires_grad_()  # the same rounded input, in float32
+    ref = torch_lrn_in_towers(x_ref, 5, 1e-4, 0.75, 2.0, 2)
+    ref.backward(grad.to(torch.bfloat16).float())
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)  # one bf16 rounding of the result
+    torch.testing.assert_close(half.grad.float(), x_ref.grad, rtol=1e-2, atol=1e-2)
+
+
+FUSED_KERNEL_SCRIPT = """
+import json, torch
+from alexnet.lrn_triton import lrn_backward, lrn_forward
+torch.manual_seed(5)
+worst = []
+for groups, channels, size, alpha in [(2, 12, 5, 0.1), (1, 10, 3, 0.1), (2, 8, 4, 1.0), (3, 9, 2, 0.5)]:
+    x = (torch.randn(2, channels, 3, 5) * 5).to(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(2, channels, 3, 5)
+    layer = torch.nn.LocalResponseNorm(size, alpha, 0.75, 2.0)
+    torch.cat([layer(t) for t in x.chunk(groups, 1)], 1).backward(grad)
+    ref = torch.cat([layer(t) for t in x.detach().chunk(groups, 1)], 1)
+    out = lrn_forward(x.detach(), size, alpha / size, 0.75, 2.0, groups)
+    dx = lrn_backward(x.detach(), grad, size, alpha / size, 0.75, 2.0, groups)
+    worst.append([(out - ref).abs().max().item(), (dx - x.grad).abs().max().item(),
+                  out.is_contiguous(memory_format=torch.channels_last)])
+print(json.dumps(worst))
+"""
+
+
+def test_fused_cuda_kernels_match_torch_in_the_triton_interpreter():
+    """The Triton kernels' arithmetic, run by Triton's own interpreter on the CPU (TRITON_INTERPRET=1 must be
+    set before triton is imported, hence a fresh process); the GPU tests run the same kernels compiled."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", FUSED_KERNEL_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for forward_error, backward_error, keeps_layout in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert forward_error < 1e-5 and backward_error < 1e-5 and keeps_layout

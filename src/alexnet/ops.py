@@ -34,6 +34,11 @@ step produced a non-finite loss). Compiled, the formula measured slower than thi
 after 37 s of compiling: conv1 at batch 128 on one thread, forward 90 against 80 ms and backward 290
 against 130 ms (channels_last backward: 1000 against 145 ms); `train.compile` is off by default.
 
+On CUDA, channels_last input goes through two fused Triton kernels instead (`alexnet.lrn_triton`: one
+pass over each pixel's row of channels forward, one backward), because on a GPU every full-size pass is a
+trip through memory: the eager passes took more than half of the paper model's training step on an H100
+(docs/PERFORMANCE.md). `CUDA_KERNEL = "eager"` keeps the passes below on CUDA too.
+
 bfloat16 and float16 inputs are computed in float32 and returned in their own dtype. The output keeps
 the input's memory format (contiguous or channels_last).
 """
@@ -75,7 +80,34 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
     coefficient = alpha if literal else alpha / size
     if torch.compiler.is_compiling():
         return _lrn_functional(x, size, coefficient, beta, k, groups)
+    fused = _fused_cuda_kernel(x)
+    if fused is not None:
+        return fused.apply(x, size, coefficient, beta, k, groups)
     return _LocalResponseNorm.apply(x, size, coefficient, beta, k, groups)
+
+
+# "triton": CUDA tensors in channels_last layout go through alexnet.lrn_triton's fused kernels when Triton
+# is importable; "eager": always this module's own passes (for comparison: benchmarks/bench_gpu.py).
+CUDA_KERNEL = "triton"
+
+
+@functools.cache
+def _triton_function() -> type | None:
+    try:
+        from alexnet.lrn_triton import TritonLocalResponseNorm
+    except ImportError:  # no Triton (CPU-only installs): the eager passes serve CUDA too
+        return None
+    return TritonLocalResponseNorm
+
+
+def _fused_cuda_kernel(x: Tensor) -> type | None:
+    if CUDA_KERNEL != "triton" or not x.is_cuda or x.dtype == torch.float64 or not _is_nhwc(x):
+        return None
+    return _triton_function()
+
+
+def _is_nhwc(x: Tensor) -> bool:
+    return x.permute(0, 2, 3, 1).is_contiguous()
 
 
 def _lrn_functional(x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
