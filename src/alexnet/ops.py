@@ -48,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -96,6 +97,21 @@ def _triton_function() -> type | None:
     try:
         from alexnet.lrn_triton import TritonLocalResponseNorm
     except ImportError:  # no Triton (CPU-only installs): the eager passes serve CUDA too
+        return None
+    try:  # compile both kernels once on a tiny input and check them against the eager passes
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
+            x = (torch.randn(2, 8, 3, 3, device="cuda") * 4).to(memory_format=torch.channels_last)
+            g = torch.randn_like(x)
+            fused = TritonLocalResponseNorm.apply(x.requires_grad_(), 5, 2e-5, 0.75, 2.0, 2)
+            fused.backward(g)
+            want_out = _forward(x.detach(), 5, 2e-5, 0.75, 2.0, 2)
+            want_grad = _backward(x.detach(), g, 5, 2e-5, 0.75, 2.0, 2)
+        if not (torch.allclose(fused, want_out, rtol=1e-4, atol=1e-5)
+                and torch.allclose(x.grad, want_grad, rtol=1e-4, atol=1e-5)):
+            raise RuntimeError("results differ from the eager passes")
+    except Exception as exc:  # a Triton that cannot build for this GPU must not stop training
+        warnings.warn(f"fused CUDA LRN kernels unavailable ({type(exc).__name__}: {exc}); using the eager "
+                      "passes", stacklevel=2)
         return None
     return TritonLocalResponseNorm
 
