@@ -623,7 +623,11 @@ def train(cfg: Config, data: str, run_dir: str | Path, resume: str | None = None
         store.verify()
         adapt_to_store(cfg, store)
         run = Run(cfg, store, run_dir, ctx, progress, towers)
-        return run.fit(resume)
+        status = run.fit(resume)
+        # every rank done before any tears down: gloo aborts a process whose peer closed its connections
+        # while it was still finishing ("terminate called without an active exception")
+        barrier()
+        return status
     finally:
         shutdown()
 
