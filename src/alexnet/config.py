@@ -104,7 +104,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: str = "auto"  # auto (on: it wins on CPU and GPU) | on | off
     compile: bool = False  # torch.compile the model
-    threads: int = 0  # CPU threads for torch (0: torch's default, one per core)
+    threads: int = 0  # CPU threads for torch (0: torch's default, one per core; -1: the cores idle at start)
     eval_ten_crop: bool = False  # validation during training: centre crop (fast) or ten crops
     log_every: int = 50  # steps between logged training metrics (host sync happens only then)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
@@ -168,9 +168,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"image_size": 32, "crop": 28},
         "optim": {"lr": 0.02, "weight_decay": 0.001, "schedule": "milestones", "milestones": [10, 13],
                   "batch_size": 128},
-        # bf16 autocast: 1.4x the images/s of fp32 on this CPU, with one thread: with two (torch's default on
-        # 2 cores) this net's bf16 step took 4x as long (1060 against 260 ms at batch 128; fp32: 300 ms)
-        "train": {"epochs": 15, "precision": "bf16", "threads": 1},
+        # bf16 autocast: 1.4x the images/s of fp32 on this CPU. Threads: the cores idle at start. On 2 cores
+        # two threads made the bf16 step 1.26x faster on an idle machine but 1.2-1.4x slower (up to 4x under
+        # heavy load) when another process held a core (186 / 234 ms idle, 337-397 / 238-316 ms shared)
+        "train": {"epochs": 15, "precision": "bf16", "threads": -1},
     },
     # Figure 1: the four-layer CIFAR-10 net (three 5x5 conv layers of 32, 32, 64 maps, each followed by 3/2
     # max-pooling, then a 10-way FC layer), no regularisation. Inputs are scaled to unit variance (`imagenet`
@@ -380,6 +381,7 @@ def validate(cfg: Config) -> None:
         (t.keep_last >= 1, "train.keep_last must be at least 1"),
         (t.checkpoint_every >= 0 and t.max_steps >= 0, "train.checkpoint_every and max_steps must be >= 0"),
         (t.prefetch >= 1, "train.prefetch must be at least 1"),
+        (t.threads >= -1, "train.threads must be 0 (torch's default), a positive count, or -1 (the idle cores)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -37,6 +37,7 @@ from torch import nn
 from alexnet import faults
 from alexnet.checkpoint import CheckpointManager, atomic_write_text, lock_run_dir
 from alexnet.config import Config
+from alexnet.cpus import compute_threads
 from alexnet.data.augment import ColourStats, augment_train
 from alexnet.data.loader import BatchLoader
 from alexnet.errors import UserError
@@ -147,8 +148,9 @@ class Run:
         # --towers: the paper's two devices; batches, augmentation and the loss live on the first
         self.device = towers[0] if towers else ctx.device
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        threads = compute_threads(t.threads)
+        if threads:
+            torch.set_num_threads(threads)
         torch.manual_seed(cfg.train.seed)
         grouped = AlexNet(cfg.model, cfg.data.crop)
         self.model: nn.Module = TwoTowerAlexNet.from_grouped(grouped, towers) if towers else grouped.to(self.device)
