@@ -162,7 +162,7 @@ def parts(device: torch.device, batch: int, repeats: int) -> list[list[str]]:
 
     rng = np.random.default_rng(0)
     rows = []
-    for size, crop in ((256, 224), (32, 24)):
+    for size, crop in ((256, 224), (32, 28)):
         images = torch.from_numpy(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)).to(device)
         stats = ColourStats.build(torch.full((size, size, 3), 120.0), torch.eye(3), torch.ones(3), "mean-image",
                                   device)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from alexnet.config import DataConfig
+from alexnet.data.buffers import BufferPool
 
 _MASK32 = 0xFFFFFFFF
 # torchvision's ImageNet normalisation (the `imagenet` option), in 0..1 units.
@@ -37,6 +38,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Measured on 2 cores, one thread: windows won at 24 and 32 pixel crops (2-4x), slices from 56 up (3x at 56,
 # more above).
 _SLICES_MIN_PIXELS = 48 * 48
+# the float views of training batches on the CPU: this one and the one the last training step still holds
+_OUTPUTS = BufferPool(keep=3)
 
 # Independent random streams per sample.
 STREAM_CROP_Y, STREAM_CROP_X, STREAM_FLIP, STREAM_PCA = 1, 2, 3, 4
@@ -234,8 +237,9 @@ def _sliced_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tens
     bsz, size = images.shape[0], images.shape[1]
     if images.device.type == "cpu":
         # numpy asks the kernel for huge pages on large arrays (torch's CPU allocator does not): a fresh 77 MB
-        # batch then costs a few hundred page faults instead of tens of thousands, several times the copy
-        out = torch.from_numpy(np.empty((bsz, crop, crop, 3), dtype=np.float32))
+        # batch then costs a few hundred page faults instead of tens of thousands, several times the copy;
+        # reusing the previous batch's array once it is free (buffers.py) saves even those
+        out = torch.from_numpy(_OUTPUTS.empty((bsz, crop, crop, 3), np.float32))
     else:
         out = torch.empty(bsz, crop, crop, 3, dtype=torch.float32, device=images.device)
     rows_of = (crop, crop * 3)

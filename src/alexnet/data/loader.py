@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from alexnet.data.buffers import BufferPool
 from alexnet.errors import UserError
 
 
@@ -91,6 +92,8 @@ class BatchLoader:
             self.resident = _resident_copy(images, self.n, device)
         self.labels_t = torch.from_numpy(self.labels[: self.n].copy())
         self.file = _file_of(images)
+        # the batches waiting in the queue, the one being read, the one in use and the one just dropped
+        self.buffers = BufferPool(keep=prefetch + 3)
         self.row_bytes = int(np.prod(images.shape[1:], dtype=np.int64))
 
     def steps_per_epoch(self) -> int:
@@ -104,8 +107,9 @@ class BatchLoader:
             buf = out.numpy()
         else:
             # numpy asks the kernel for huge pages on large arrays (torch's allocator does not), so filling a
-            # fresh batch costs a few page faults instead of thousands
-            buf = np.empty(shape, dtype=np.uint8)
+            # fresh batch costs a few page faults instead of thousands; a batch's array that is no longer in
+            # use is filled again instead (buffers.py)
+            buf = self.buffers.empty(shape, np.uint8)
             out = torch.from_numpy(buf)
         if self.file is None:
             np.take(self.images, idx, axis=0, out=buf)
