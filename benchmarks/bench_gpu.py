@@ -29,16 +29,14 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from bench_data import cases as data_cases
-from bench_train import make_run, run_steps
-from common import OUT, machine, markdown_table, sync, write_json
-
-from alexnet.data.augment import augment_train
+from bench_train import make_run, reused_batch_step, run_steps
+from common import OUT, machine, make_step, markdown_table, sync, write_json
 
 FLOP_PER_IMAGE = 6 * 0.7244e9  # forward MACs of the paper preset (`alexnet summary --preset paper`)
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
@@ -100,7 +98,6 @@ def pipeline(store: Path, batch: int, compiled: bool, resident: bool, steps: int
                  "train.log_every": 10**9}
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run("paper", str(store), device, overrides, Path(tmp))
-        cfg = run.cfg
         start = time.perf_counter()
         run_steps(run, 5)  # warm-up: cuDNN's choices, compilation, the loader's first batches
         sync(device)
@@ -110,29 +107,32 @@ def pipeline(store: Path, batch: int, compiled: bool, resident: bool, steps: int
         sync(device)
         real_s = (time.perf_counter() - start) / steps
 
-        first = next(iter(run.train_loader.train_epoch(cfg.train.seed, 0)))
-        x = augment_train(first.images, first.index, cfg.data, run.stats, cfg.train.seed, 0)
-        y = first.labels
-
-        def one_step() -> None:
-            with run.autocast:
-                logits = run.net(x)
-            loss = F.cross_entropy(logits.float(), y)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-
-        for _ in range(3):
-            one_step()
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            one_step()
-        sync(device)
-        model_s = (time.perf_counter() - start) / steps
+        model_rate = images_per_second(reused_batch_step(run), batch, 3, steps, device)
         peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
     return {"batch": batch, "compiled": compiled, "resident": resident, "warmup_s": warmup_s,
-            "pipeline_images_s": batch / real_s, "model_images_s": batch / model_s, "peak_gpu_gb": peak_gb}
+            "pipeline_images_s": batch / real_s, "model_images_s": model_rate, "peak_gpu_gb": peak_gb}
+
+
+def images_per_second(step: Callable[[], None], batch: int, warmup: int, steps: int, device: torch.device) -> float:
+    """batch * steps over the time of `steps` calls of `step` after `warmup` untimed ones, one sync at each end
+    (the GPU's queue stays full, as in training)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def synthetic_rate(net: torch.nn.Module, opt: torch.optim.Optimizer, batch: int, compiled: bool, steps: int,
+                   device: torch.device) -> float:
+    """images/s of `net` (on `device`, channels_last) stepping one random 224-pixel batch in bf16."""
+    x = torch.randn(batch, 3, 224, 224, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    step = make_step(torch.compile(net) if compiled else net, opt, x, y, torch.autocast("cuda", dtype=torch.bfloat16))
+    return images_per_second(step, batch, 5, steps, device)
 
 
 def torchvision_rate(batch: int, compiled: bool, steps: int, device: torch.device) -> float:
@@ -141,26 +141,7 @@ def torchvision_rate(batch: int, compiled: bool, steps: int, device: torch.devic
     torch.manual_seed(0)
     net = torchvision.models.alexnet().to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
-    step_net = torch.compile(net) if compiled else net
-    x = torch.randn(batch, 3, 224, 224, device=device).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,), device=device)
-
-    def one_step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = step_net(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(5):
-        one_step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    sync(device)
-    return batch * steps / (time.perf_counter() - start)
+    return synthetic_rate(net, opt, batch, compiled, steps, device)
 
 
 def model_variant_rate(batch: int, compiled: bool, steps: int, device: torch.device, **overrides: object) -> float:
@@ -172,27 +153,7 @@ def model_variant_rate(batch: int, compiled: bool, steps: int, device: torch.dev
     cfg = build_config("paper", overrides=overrides)
     torch.manual_seed(0)
     net = AlexNet(cfg.model, cfg.data.crop).to(device).to(memory_format=torch.channels_last)
-    opt = build_optimizer(net, cfg.optim, 1.0)
-    step_net = torch.compile(net) if compiled else net
-    x = torch.randn(batch, 3, 224, 224, device=device).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,), device=device)
-
-    def one_step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = step_net(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(5):
-        one_step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    sync(device)
-    return batch * steps / (time.perf_counter() - start)
+    return synthetic_rate(net, build_optimizer(net, cfg.optim, 1.0), batch, compiled, steps, device)
 
 
 def variants(batches: list[int], compile_modes: list[bool], steps: int, device: torch.device) -> str:

@@ -20,28 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from common import machine, markdown_table, median, time_steps, write_json
+from common import machine, make_step, markdown_table, median, time_steps, write_json
 from plain import flops_note, plain_net, plain_sgd
-from torch import nn
 
 from alexnet.config import Config, build_config
 from alexnet.model import AlexNet
 from alexnet.optim import build_optimizer
 
 PRESETS = ("paper", "one-tower", "cifar", "figure1", "demo")
-
-
-def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              bf16: bool = False) -> Callable[[], None]:
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def variants(cfg: Config, device: torch.device, batch: int, compile_too: bool
@@ -68,7 +54,8 @@ def variants(cfg: Config, device: torch.device, batch: int, compile_too: bool
             if channels_last:
                 m = m.to(memory_format=torch.channels_last)
             net = torch.compile(m) if compiled else m
-            return make_step(net, build_optimizer(m, cfg.optim), xcl if channels_last else x, y, bf16=cuda)
+            bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+            return make_step(net, build_optimizer(m, cfg.optim), xcl if channels_last else x, y, bf16)
         return build
 
     precision = "bf16 autocast" if cuda else "fp32"

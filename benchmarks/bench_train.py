@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from common import (
     SHARED_DATA,
     MemorySampler,
     machine,
+    make_step,
     markdown_table,
     median,
     no_data_message,
@@ -71,25 +73,22 @@ def run_steps(run, n: int) -> None:
         run.train_one_epoch(st.epoch)
 
 
+def reused_batch_step(run) -> Callable[[], None]:  # noqa: ANN001
+    """A training step of `run`'s model and optimizer on one real augmented batch, kept and reused: the step
+    without reading or augmentation."""
+    cfg = run.cfg
+    first = next(iter(run.train_loader.train_epoch(cfg.train.seed, 0)))
+    x = augment_train(first.images, first.index, cfg.data, run.stats, cfg.train.seed, 0)
+    return make_step(run.net, run.optimizer, x, first.labels, run.autocast)
+
+
 def steps(preset: str, store_path: str, device: torch.device, warmup: int, rounds: int, block: int) -> dict:
     """Seconds per step with real input and with one batch reused, same model: `rounds` blocks of `block`
     steps of each in turn (so a load coming and going on a shared machine slows both alike)."""
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(preset, store_path, device, {"train.log_every": 10**9}, Path(tmp))
         cfg = run.cfg
-        # the "synthetic" input: one real augmented batch, kept and reused (no reading, no augmentation)
-        first = next(iter(run.train_loader.train_epoch(cfg.train.seed, 0)))
-        x = augment_train(first.images, first.index, cfg.data, run.stats, cfg.train.seed, 0)
-        y = first.labels
-
-        def synthetic() -> None:
-            with run.autocast:
-                logits = run.net(x)
-            loss = F.cross_entropy(logits.float(), y)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-
+        synthetic = reused_batch_step(run)
         run_steps(run, warmup)
         time_steps(synthetic, warmup, 0, device)
         real, synth = [], []

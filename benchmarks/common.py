@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -56,6 +58,22 @@ def time_steps(step: Callable[[], Any], warmup: int, repeats: int, device: torch
         sync(device)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              autocast: contextlib.AbstractContextManager | None = None) -> Callable[[], None]:
+    """One training step on the fixed batch (x, y): forward under `autocast` (none: as it is), cross-entropy,
+    backward, update."""
+    context = autocast if autocast is not None else contextlib.nullcontext()
+
+    def step() -> None:
+        with context:
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
 
 
 def median(xs: list[float]) -> float:
