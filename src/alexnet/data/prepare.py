@@ -328,8 +328,13 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
 
 
-def _process_chunk(task: tuple) -> tuple:
-    """Decode one chunk into its rows of images.npy; return its sums and skipped files."""
+def _process_chunk(task: tuple) -> tuple[int, str]:
+    """Decode one chunk into its rows of images.npy; its sums and skipped files go to a file beside them.
+
+    Returns (chunk index, that file), a message far under the 4 KiB a pipe writes atomically: a worker
+    killed while sending a larger result (the sums of S x S x 3 positions) would leave half a message in
+    the pool's result pipe, and the pool's reader would wait for the rest forever instead of reporting the
+    dead worker."""
     index, start, items, images_path, size, with_stats = task
     row_bytes = size * size * 3
     data_offset = _data_offset(Path(images_path))
@@ -368,7 +373,26 @@ def _process_chunk(task: tuple) -> tuple:
                         gram[i, j] += int((channels[i] * channels[j]).sum(dtype=acc))
     np.add(sum_image, block, out=sum_image, casting="unsafe")
     gram = np.triu(gram) + np.triu(gram, 1).T
-    return index, skipped, sum_image.astype(np.int64) if with_stats else None, gram
+    result = _result_path(images_path, index)
+    with open(result, "wb") as f:  # complete before the parent hears of it; a killed worker's chunk is redone
+        np.savez(f, sum_image=sum_image.astype(np.int64), gram=gram, with_stats=with_stats,
+                 skipped=np.array(json.dumps(skipped)))
+    return index, str(result)
+
+
+def _result_path(images_path: str, index: int) -> Path:
+    """PARTIAL/results/chunk-N.npz, beside PARTIAL/<split>/images.npy."""
+    return Path(images_path).parent.parent / "results" / f"chunk-{index}.npz"
+
+
+def _read_result(path: str) -> tuple[list[tuple[int, str]], np.ndarray | None, np.ndarray]:
+    """(skipped, sum_image or None, gram) of a chunk written by _process_chunk; the file is removed."""
+    with np.load(path, allow_pickle=False) as saved:
+        skipped = [tuple(s) for s in json.loads(str(saved["skipped"]))]
+        sum_image = saved["sum_image"] if bool(saved["with_stats"]) else None
+        gram = saved["gram"]
+    os.unlink(path)
+    return skipped, sum_image, gram
 
 
 def _write_fully(fd: int, data: np.ndarray, position: int) -> None:
@@ -408,6 +432,7 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
     last_save = time.monotonic()
 
     image_files = [partial / split / "images.npy" for split in plan.splits]
+    (partial / "results").mkdir(exist_ok=True)
 
     def save() -> None:
         nonlocal last_save
@@ -422,8 +447,9 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
         state.save(partial)
         last_save = time.monotonic()
 
-    def record(result: tuple) -> None:
-        index, skipped, sum_image, gram = result
+    def record(result: tuple[int, str]) -> None:
+        index, path = result
+        skipped, sum_image, gram = _read_result(path)
         chunk = chunks[index]
         if sum_image is not None:
             state.sum_image += sum_image
