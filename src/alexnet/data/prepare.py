@@ -328,13 +328,21 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
 
 
-def _process_chunk(task: tuple) -> tuple[int, str]:
-    """Decode one chunk into its rows of images.npy; its sums and skipped files go to a file beside them.
+def _process_chunk_in_worker(task: tuple) -> tuple[int, str]:
+    """_process_chunk in a pool worker: its result goes to a file beside the images, and the worker returns
+    (chunk index, that file), a message far under the 4 KiB a pipe writes atomically. A worker killed while
+    sending a larger result (the sums of S x S x 3 positions) would leave half a message in the pool's
+    result pipe, and the pool's reader would wait for the rest forever instead of reporting the dead worker."""
+    index, skipped, sum_image, gram = _process_chunk(task)
+    result = _result_path(task[3], index)
+    with open(result, "wb") as f:  # complete before the parent hears of it; a killed worker's chunk is redone
+        np.savez(f, sum_image=sum_image if sum_image is not None else np.zeros(0, np.int64), gram=gram,
+                 with_stats=sum_image is not None, skipped=np.array(json.dumps(skipped)))
+    return index, str(result)
 
-    Returns (chunk index, that file), a message far under the 4 KiB a pipe writes atomically: a worker
-    killed while sending a larger result (the sums of S x S x 3 positions) would leave half a message in
-    the pool's result pipe, and the pool's reader would wait for the rest forever instead of reporting the
-    dead worker."""
+
+def _process_chunk(task: tuple) -> tuple:
+    """Decode one chunk into its rows of images.npy; return its sums and skipped files."""
     index, start, items, images_path, size, with_stats = task
     row_bytes = size * size * 3
     data_offset = _data_offset(Path(images_path))
@@ -373,11 +381,7 @@ def _process_chunk(task: tuple) -> tuple[int, str]:
                         gram[i, j] += int((channels[i] * channels[j]).sum(dtype=acc))
     np.add(sum_image, block, out=sum_image, casting="unsafe")
     gram = np.triu(gram) + np.triu(gram, 1).T
-    result = _result_path(images_path, index)
-    with open(result, "wb") as f:  # complete before the parent hears of it; a killed worker's chunk is redone
-        np.savez(f, sum_image=sum_image.astype(np.int64), gram=gram, with_stats=with_stats,
-                 skipped=np.array(json.dumps(skipped)))
-    return index, str(result)
+    return index, skipped, sum_image.astype(np.int64) if with_stats else None, gram
 
 
 def _result_path(images_path: str, index: int) -> Path:
@@ -385,14 +389,14 @@ def _result_path(images_path: str, index: int) -> Path:
     return Path(images_path).parent.parent / "results" / f"chunk-{index}.npz"
 
 
-def _read_result(path: str) -> tuple[list[tuple[int, str]], np.ndarray | None, np.ndarray]:
-    """(skipped, sum_image or None, gram) of a chunk written by _process_chunk; the file is removed."""
+def _read_result(index: int, path: str) -> tuple:
+    """_process_chunk's result for a chunk, from the file _process_chunk_in_worker wrote; the file is removed."""
     with np.load(path, allow_pickle=False) as saved:
         skipped = [tuple(s) for s in json.loads(str(saved["skipped"]))]
         sum_image = saved["sum_image"] if bool(saved["with_stats"]) else None
         gram = saved["gram"]
     os.unlink(path)
-    return skipped, sum_image, gram
+    return index, skipped, sum_image, gram
 
 
 def _write_fully(fd: int, data: np.ndarray, position: int) -> None:
@@ -447,9 +451,8 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
         state.save(partial)
         last_save = time.monotonic()
 
-    def record(result: tuple[int, str]) -> None:
-        index, path = result
-        skipped, sum_image, gram = _read_result(path)
+    def record(result: tuple) -> None:
+        index, skipped, sum_image, gram = result
         chunk = chunks[index]
         if sum_image is not None:
             state.sum_image += sum_image
@@ -474,10 +477,10 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
             # ProcessPoolExecutor rather than Pool: a worker that dies (out of memory, a crash inside an
             # image library) raises BrokenProcessPool here instead of leaving the parent waiting forever.
             with ProcessPoolExecutor(workers, multiprocessing.get_context(method), _init_worker) as pool:
-                futures = [pool.submit(_process_chunk, task) for task in tasks]
+                futures = [pool.submit(_process_chunk_in_worker, task) for task in tasks]
                 try:
                     for future in as_completed(futures):
-                        record(future.result())
+                        record(_read_result(*future.result()))
                 except BaseException:
                     for future in futures:
                         future.cancel()  # running chunks finish (seconds); queued ones never start
