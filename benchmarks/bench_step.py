@@ -10,6 +10,11 @@ channels_last, bf16 autocast on CUDA. For `paper` also torchvision's alexnet (on
 Every variant steps on the same fixed batch (no data loading), in one process: all of a preset's variants
 are built and warmed up, then stepped in turn, one step each, for --repeats rounds, so that a machine shared
 with other work slows them alike; each time is the median of its steps. The ratios are what counts.
+
+Host memory on the CPU: `alexnet train` keeps freed memory for reuse (train.keep_freed_memory, glibc;
+alexnet/hostmemory.py), which spares a step its page faults. That setting is process-wide, so it is switched
+before each variant's steps: ours run with it, plain and torchvision with glibc's defaults, as each is run
+by default; "torchvision alexnet, memory kept" runs torchvision's net with ours, for the nets alone.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from common import machine, make_step, markdown_table, median, time_steps, write
 from plain import flops_note, plain_net, plain_sgd
 
 from alexnet.config import Config, build_config
+from alexnet.hostmemory import keep_freed_memory, release_freed_memory
 from alexnet.model import AlexNet
 from alexnet.optim import build_optimizer
 
@@ -31,7 +37,8 @@ PRESETS = ("paper", "one-tower", "cifar", "figure1", "demo")
 
 
 def variants(cfg: Config, device: torch.device, batch: int, compile_too: bool
-             ) -> list[tuple[str, Callable[[], Callable[[], None]]]]:
+             ) -> list[tuple[str, Callable[[], Callable[[], None]], bool]]:
+    """(name, build, keeps freed memory) for each variant of the preset."""
     crop = cfg.data.crop
     x = torch.randn(batch, 3, crop, crop, device=device) * 50
     y = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
@@ -59,20 +66,35 @@ def variants(cfg: Config, device: torch.device, batch: int, compile_too: bool
         return build
 
     precision = "bf16 autocast" if cuda else "fp32"
-    out = [("plain", plain)]
+    out = [("plain", plain, False)]
     if cfg.preset == "paper":
-        out += [("torchvision alexnet", torchvision_alexnet), (f"ours NCHW, {precision}", ours(False))]
-    out.append((f"ours channels_last, {precision}", ours(True)))
+        out.append(("torchvision alexnet", torchvision_alexnet, False))
+        if not cuda:
+            out.append(("torchvision alexnet, memory kept", torchvision_alexnet, True))
+        out.append((f"ours NCHW, {precision}", ours(False), True))
+    out.append((f"ours channels_last, {precision}", ours(True), True))
     if compile_too:
-        out.append((f"ours channels_last, {precision}, torch.compile", ours(True, True)))
+        out.append((f"ours channels_last, {precision}, torch.compile", ours(True, True), True))
     return out
+
+
+def with_memory_setting(step: Callable[[], None], keep: bool) -> Callable[[], None]:
+    """The step with the process's host-memory setting switched to `keep` first (see the module docstring)."""
+    def run() -> None:
+        if keep:
+            keep_freed_memory()
+        else:
+            release_freed_memory()
+        step()
+    return run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--warmup", type=int, default=0, help="untimed steps after the first (large inputs)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps after the first (large inputs): kept memory settles in a few steps")
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds for presets with 224 inputs")
     ap.add_argument("--small-repeats", type=int, default=10, help="repeats for presets with small inputs")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (compilation time reported)")
@@ -87,10 +109,10 @@ def main() -> None:
         repeats = args.repeats if big else args.small_repeats
         warmup = args.warmup if big else max(args.warmup, 3)
         built = []
-        for name, build in variants(cfg, device, args.batch, args.compile and preset == "paper"):
+        for name, build, keep in variants(cfg, device, args.batch, args.compile and preset == "paper"):
             torch.manual_seed(0)
             t0 = time.perf_counter()
-            step = build()
+            step = with_memory_setting(build(), keep)
             step()  # first step: allocations, and compilation for torch.compile
             first = time.perf_counter() - t0
             time_steps(step, warmup, 0, device)
@@ -113,11 +135,14 @@ def main() -> None:
     rows = []
     for r in results:
         base = next(b for b in results if b["preset"] == r["preset"] and b["variant"] == "plain")
-        tv = next((b for b in results if b["variant"] == "torchvision alexnet"), None)
-        vs_tv = f"{r['images_per_s'] / tv['images_per_s']:.2f}x" if tv and r["preset"] == "paper" else ""
+        ratios = []
+        for reference in ("torchvision alexnet", "torchvision alexnet, memory kept"):
+            tv = next((b for b in results if b["variant"] == reference), None)
+            ratios.append(f"{r['images_per_s'] / tv['images_per_s']:.2f}x" if tv and r["preset"] == "paper" else "")
         rows.append([r["preset"], r["variant"], f"{r['seconds_per_step'] * 1000:.0f}", f"{r['images_per_s']:.1f}",
-                     f"{r['images_per_s'] / base['images_per_s']:.2f}x", vs_tv])
-    table = markdown_table(["preset", "variant", "ms/step", "images/s", "vs plain", "vs torchvision"], rows)
+                     f"{r['images_per_s'] / base['images_per_s']:.2f}x", *ratios])
+    table = markdown_table(["preset", "variant", "ms/step", "images/s", "vs plain", "vs torchvision",
+                            "vs torchvision, memory kept"], rows)
     print(f"\nTraining step on synthetic input, batch {args.batch}, {device}, median of "
           f"{args.repeats} (large inputs) / {args.small_repeats} (small) steps, variants interleaved\n")
     print(table)

@@ -85,7 +85,7 @@ def _lrn(x):  # torch's own LRN, the per-tower reference
     return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x)
 
 
-@pytest.mark.parametrize("tower_convs", ["grouped", "split"])
+@pytest.mark.parametrize("tower_convs", ["grouped", "split", "auto"])
 def test_grouped_towers_equal_two_separate_half_networks(tower_convs):
     torch.manual_seed(0)
     model = alexnet.build_model("paper", dropout=0.0, tower_convs=tower_convs).eval()
@@ -157,13 +157,30 @@ def test_embed_is_fc7_after_relu():
     torch.testing.assert_close(model.classifier[-1](e), model(x))
 
 
-def test_split_tower_convolutions_give_the_grouped_gradients():
+@pytest.mark.parametrize("tower_convs", ["split", "auto"])
+def test_split_tower_convolutions_give_the_grouped_gradients(tower_convs):
     torch.manual_seed(1)
     grouped = alexnet.build_model("cifar", dropout=0.0, tower_convs="grouped").double()
-    split = alexnet.build_model("cifar", dropout=0.0, tower_convs="split").double()
+    split = alexnet.build_model("cifar", dropout=0.0, tower_convs=tower_convs).double()
     split.load_state_dict(grouped.state_dict())  # the same parameters, the same names
     x = torch.randn(3, 3, 28, 28, dtype=torch.float64) * 50
     for model in (grouped, split):
         model(x).square().sum().backward()
     for (name, a), b in zip(grouped.named_parameters(), split.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_tower_convolution_modes_choose_their_calls():
+    """How many convolutions compute each layer, per mode and device, as TowerConv2d's docstring says."""
+    on_cpu = torch.zeros(1, 3, 8, 8)
+    on_meta = torch.zeros(1, 3, 8, 8, device="meta")  # stands for any device that is not the CPU
+    calls = {}
+    for mode in ("grouped", "split", "auto"):
+        convs = [m for m in alexnet.build_model("paper", tower_convs=mode).features if isinstance(m, nn.Conv2d)]
+        calls[mode] = ([c.pieces(on_cpu) for c in convs], [c.pieces(on_meta) for c in convs])
+    assert calls["grouped"] == ([1, 1, 1, 1, 1], [1, 1, 1, 1, 1])
+    assert calls["split"] == ([2, 2, 2, 2, 2], [2, 2, 2, 2, 2])
+    assert calls["auto"] == ([2, 1, 1, 1, 1], [1, 1, 1, 1, 1])  # only conv1, only on the CPU
+    one_tower = [m for m in alexnet.build_model("one-tower", tower_convs="split").features
+                 if isinstance(m, nn.Conv2d)]
+    assert [c.pieces(on_cpu) for c in one_tower] == [1, 1, 1, 1, 1]

@@ -39,7 +39,7 @@ class ModelConfig:
     fc_bias_one: bool = True  # paper: fc6 and fc7 biases start at 1
     num_classes: int = 1000
     towers: int = 2  # 2: split layers are grouped convs (one device) or real towers (--towers DEV0,DEV1)
-    tower_convs: str = "grouped"  # split layers on one device: grouped (one grouped conv) | split (a conv per tower)
+    tower_convs: str = "auto"  # towers on one device: grouped (one conv) | split (a conv per tower) | auto (model.py)
     halve_single_tower: bool = True  # towers=1 -> half width except the last conv (the paper's comparison)
     activation: str = "relu"  # relu | tanh (Figure 1)
     lrn: bool = True  # master switch for every LRN layer
@@ -105,6 +105,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto (on: it wins on CPU and GPU) | on | off
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch (0: torch's default, one per core; -1: the cores idle at start)
+    keep_freed_memory: bool = True  # reuse freed host memory instead of unmapping it (glibc; alexnet.hostmemory)
     eval_ten_crop: bool = False  # validation during training: centre crop (fast) or ten crops
     log_every: int = 50  # steps between logged training metrics (host sync happens only then)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
@@ -232,7 +233,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pooling": ("overlap", "plain"),
     "model.dropout_position": ("after", "before"),
     "model.init": ("paper", "torchvision", "kaiming"),
-    "model.tower_convs": ("grouped", "split"),
+    "model.tower_convs": ("auto", "grouped", "split"),
     "data.pca_scale": ("sqrt", "eigenvalue"),
     "data.normalize": ("mean-image", "imagenet"),
     "optim.rule": ("paper", "torch"),

@@ -8,9 +8,9 @@ unchanged.
 Two towers on one device are grouped convolutions: the layers marked `split` (conv2, conv4, conv5) see
 only their own tower's maps (groups=2), conv1, conv3 and the FC layers see both. Channel order is tower 1
 first, and each tower's LRN normalizes over its own maps only (groups=2 in the LRN). How a grouped
-layer is computed is `tower_convs`: one grouped convolution, or one convolution per tower on its slice of
-the channels (the same weights and result; the two measured the same on an H100, see
-docs/PERFORMANCE.md).
+layer is computed is `tower_convs` (TowerConv2d): one grouped convolution, one convolution per tower, or
+`auto` (the default): grouped, except conv1 on the CPU, per tower. The same weights and result in every
+mode; the speed differs only where docs/PERFORMANCE.md says.
 """
 
 from __future__ import annotations
@@ -49,22 +49,47 @@ def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
 
 
 class TowerConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters, same state_dict) whose groups can be computed as separate convolutions.
+    """nn.Conv2d (same parameters, same state_dict) whose towers can be computed as separate convolutions.
 
-    tower_convs: grouped (one grouped convolution) | split (one convolution per group, outputs
-    concatenated)."""
+    The layer's outputs belong to `towers` towers (tower 1's first); a split layer (groups == towers) also
+    takes each tower's inputs from that tower's slice only. tower_convs:
+      grouped: one convolution (grouped for a split layer);
+      split:   one convolution per tower (its slice of the inputs, or all of them where groups == 1), the
+               outputs concatenated: the two GPUs' work of the paper, on one device;
+      auto:    grouped, except a 3-channel stem (conv1) on the CPU, which goes per tower. oneDNN computes the
+               weight gradient of conv1 at 96 outputs by im2col and GEMM (x64:gemm:jit at batch 128) but
+               at 48 by its direct JIT kernel: per tower, conv1's forward + backward measured 233-238 ms
+               against 277-333 ms (batch 128, 2 threads, docs/PERFORMANCE.md). Other layers gain nothing
+               from splitting on the CPU (conv3: the same within noise), and GPUs do one call best.
+    Every mode gives the same result (up to float summation order).
+    """
 
-    def __init__(self, *args, tower_convs: str = "grouped", **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, tower_convs: str = "grouped", towers: int = 1,  # noqa: ANN002
+                 **kwargs) -> None:  # noqa: ANN003
         super().__init__(*args, **kwargs)
         self.tower_convs = tower_convs
+        self.towers = towers
+
+    def pieces(self, x: Tensor) -> int:
+        """How many convolutions compute this layer for input x (1: the plain nn.Conv2d call)."""
+        # each piece is then an ungrouped convolution: groups is 1 or one per tower
+        if (self.towers == 1 or self.padding_mode != "zeros" or self.groups not in (1, self.towers)
+                or self.out_channels % self.towers):
+            return 1
+        if self.tower_convs == "split":
+            return self.towers
+        stem_on_cpu = x.device.type == "cpu" and self.groups == 1 and self.in_channels <= 4
+        return self.towers if self.tower_convs == "auto" and stem_on_cpu else 1
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.groups == 1 or self.tower_convs != "split" or self.padding_mode != "zeros":
+        pieces = self.pieces(x)
+        if pieces == 1:
             return super().forward(x)
-        weights = self.weight.chunk(self.groups, dim=0)
-        biases = self.bias.chunk(self.groups) if self.bias is not None else [None] * self.groups
+        weights = self.weight.chunk(pieces, dim=0)
+        biases = self.bias.chunk(pieces) if self.bias is not None else [None] * pieces
+        inputs = x.chunk(pieces, dim=1) if self.groups == pieces else [x] * pieces
         return torch.cat([F.conv2d(xi, w, b, self.stride, self.padding, self.dilation)
-                          for xi, w, b in zip(x.chunk(self.groups, dim=1), weights, biases)], dim=1)
+                          for xi, w, b in zip(inputs, weights, biases)], dim=1)
 
 
 class AlexNet(nn.Module):
@@ -83,7 +108,7 @@ class AlexNet(nn.Module):
         for i, out_ch in enumerate(widths):
             groups = towers if cfg.split[i] else 1
             layers.append(TowerConv2d(in_ch, out_ch, cfg.kernels[i], cfg.strides[i], cfg.pads[i], groups=groups,
-                                      tower_convs=cfg.tower_convs))
+                                      tower_convs=cfg.tower_convs, towers=towers))
             layers.append(_activation(cfg.activation))
             if cfg.lrn and cfg.lrn_after[i]:
                 layers.append(

@@ -81,7 +81,7 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
     coefficient = alpha if literal else alpha / size
     if torch.compiler.is_compiling():
         return _lrn_functional(x, size, coefficient, beta, k, groups)
-    fused = _fused_cuda_kernel(x)
+    fused = _fused_cuda_kernel(x) or _fused_cpu_kernel(x)
     if fused is not None:
         return fused.apply(x, size, coefficient, beta, k, groups)
     return _LocalResponseNorm.apply(x, size, coefficient, beta, k, groups)
@@ -114,6 +114,47 @@ def _triton_function() -> type | None:
                       "passes", stacklevel=2)
         return None
     return TritonLocalResponseNorm
+
+
+# "numba": CPU tensors of float32 or bfloat16 in channels_last layout go through alexnet.lrn_numba's fused
+# loops when Numba is importable (2-3x faster, docs/PERFORMANCE.md); "eager": this module's own passes.
+# Eager is the default until the fused loops are found to keep a resumed run bit-identical to an unbroken
+# one: with them, tests/test_faults.py's resume comparisons failed (conv1's weights differed), and the
+# cause is not yet known.
+CPU_KERNEL = "eager"
+
+
+@functools.cache
+def _numba_function() -> type | None:
+    try:
+        from alexnet import lrn_numba
+    except ImportError:  # no Numba for this platform: the eager passes serve
+        return None
+    try:  # compile once (or load the cached build) and check against the eager passes, both dtypes
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            for dtype in (torch.float32, torch.bfloat16):
+                x = (torch.randn(2, 8, 3, 3) * 4).to(dtype).to(memory_format=torch.channels_last)
+                g = torch.randn_like(x)
+                fused = lrn_numba.NumbaLocalResponseNorm.apply(x.requires_grad_(), 5, 2e-5, 0.75, 2.0, 2)
+                fused.backward(g)
+                want_out = _forward(x.detach(), 5, 2e-5, 0.75, 2.0, 2)
+                want_grad = _backward(x.detach(), g, 5, 2e-5, 0.75, 2.0, 2)
+                tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+                if not (torch.allclose(fused.float(), want_out.float(), **tolerance)
+                        and torch.allclose(x.grad.float(), want_grad.float(), **tolerance)):
+                    raise RuntimeError(f"{dtype} results differ from the eager passes")
+    except Exception as exc:  # a Numba that cannot build here must not stop training
+        warnings.warn(f"fused CPU LRN loops unavailable ({type(exc).__name__}: {exc}); using the eager passes",
+                      stacklevel=2)
+        return None
+    return lrn_numba.NumbaLocalResponseNorm
+
+
+def _fused_cpu_kernel(x: Tensor) -> type | None:
+    if CPU_KERNEL != "numba" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) \
+            or not _is_nhwc(x):
+        return None
+    return _numba_function()
 
 
 def _fused_cuda_kernel(x: Tensor) -> type | None:

@@ -42,6 +42,7 @@ from alexnet.data.augment import ColourStats, augment_train
 from alexnet.data.loader import BatchLoader
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
+from alexnet.hostmemory import keep_freed_memory
 from alexnet.model import AlexNet
 from alexnet.optim import Schedule, build_optimizer, set_lr
 from alexnet.parallel import (
@@ -151,6 +152,8 @@ class Run:
         threads = compute_threads(t.threads)
         if threads:
             torch.set_num_threads(threads)
+        if t.keep_freed_memory:
+            keep_freed_memory()
         torch.manual_seed(cfg.train.seed)
         grouped = AlexNet(cfg.model, cfg.data.crop)
         self.model: nn.Module = TwoTowerAlexNet.from_grouped(grouped, towers) if towers else grouped.to(self.device)

@@ -1,0 +1,259 @@
+"""Local response normalization on the CPU as two fused loops (forward, backward) compiled by Numba.
+
+ops.py's eager layer is a chain of full-size vectorized torch passes: about 9 forward and 16 backward,
+each a trip through memory. Here each pixel's channels are one contiguous row of a channels_last tensor,
+and one loop over the rows does everything for a row while it sits in the L1 cache: the forward reads
+each value once and writes the output once; the backward reads the input and the incoming gradient and
+writes the gradient, recomputing the scales it needs. The inner loops run along the channels, so LLVM
+vectorizes them. The rows are split between torch.get_num_threads() Python threads; the compiled loops
+release the GIL, so they run at once.
+
+The formulas are ops.py's (module docstring there): b_i = a_i * scale_i ** -beta, scale_i = k + c * S_i,
+S_i the sum of squares over window(i) = [i - size // 2, i + (size - 1) // 2] within the tower, and
+
+    grad_a_j = g_j * scale_j ** -beta - 2 * beta * c * a_j * sum_{i : j in window(i)} g_i a_i scale_i ** (-beta - 1)
+
+computed in float32. float32 tensors are read directly; bfloat16 tensors (the CPU's autocast type) are
+read as their 16-bit patterns, widened to float32 in the loop, and rounded back to nearest-even when
+written. Used by ops.local_response_norm for CPU tensors in channels_last layout of those two dtypes when
+Numba is importable; every other case keeps the eager passes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+from torch import Tensor
+
+# Rows per task: enough work to hide the hand-off to a thread (tens of microseconds), and enough tasks
+# that threads finishing early pick up the rest.
+_MIN_ROWS_PER_TASK = 2048
+
+# These fast-math flags let LLVM vectorize the channel loops (reassociating the window sums) but keep NaN and
+# infinity meaningful (no "nnan"/"ninf"), so a diverging run still shows a non-finite loss;
+# error_model="numpy" keeps division free of Python's zero checks; nogil lets several threads run the
+# loops at once; cache keeps the compiled code beside this file, so later processes skip the compiling.
+_FAST_MATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+_jit = numba.njit(nogil=True, fastmath=_FAST_MATH, cache=True, error_model="numpy", boundscheck=False)
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _bits_from_float(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+def _value(src, row, col):
+    """src[row, col] as float32; bfloat16 arrives as its uint16 bits (implementations: the overload below)."""
+
+
+def _put(dst, row, col, value):
+    """dst[row, col] = value; for uint16 (bfloat16 bits) rounded to nearest-even, NaN kept a NaN."""
+
+
+# Chosen by the array's dtype while compiling and inlined, so the loops stay branch-free and vectorize: one
+# compiled kernel per dtype, with no per-element test of which dtype it is.
+@overload(_value, inline="always")
+def _value_overload(src, row, col):
+    if src.dtype == types.uint16:
+        return lambda src, row, col: _float_from_bits(np.uint32(src[row, col]) << np.uint32(16))
+    return lambda src, row, col: np.float32(src[row, col])
+
+
+@overload(_put, inline="always")
+def _put_overload(dst, row, col, value):
+    if dst.dtype == types.uint16:
+        def put_bfloat16(dst, row, col, value):
+            bits = _bits_from_float(value)
+            if (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep it one (quiet)
+                dst[row, col] = np.uint16((bits >> np.uint32(16)) | np.uint32(0x40))
+            else:  # add half a unit of the kept part (ties to even), then drop the low 16 bits
+                rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+                dst[row, col] = np.uint16((bits + rounding) >> np.uint32(16))
+        return put_bfloat16
+
+    def put(dst, row, col, value):
+        dst[row, col] = value
+    return put
+
+
+@_jit
+def _scales(x, row, start, tower, size, coefficient, k, padded, scale):
+    """scale[c] = k + coefficient * (sum of x ** 2 over window(c)) for one tower of one row.
+
+    padded holds zeros around [size // 2, size // 2 + tower), so every window, clipped or not, is one run of
+    `size` entries; the adds go along the channels, which LLVM vectorizes."""
+    before = size // 2
+    for c in range(tower):
+        v = _value(x, row, start + c)
+        padded[before + c] = v * v
+    for c in range(tower):
+        scale[c] = padded[c]
+    for j in range(1, size):
+        for c in range(tower):
+            scale[c] += padded[c + j]
+    for c in range(tower):
+        scale[c] = k + coefficient * scale[c]
+
+
+@_jit
+def _powers(scale, tower, beta, power):
+    """power = scale ** -beta; for the paper's 0.75 as q ** 3 with q = (1 / scale) ** 0.25 (a division, two
+    square roots), which is 0, as torch gives, for an infinite scale, where scale ** 0.25 / scale is NaN.
+
+    (A division-free Newton iteration for scale ** -0.25 measured no faster here: the loops are not bound
+    by these operations.)"""
+    if beta == 0.75:
+        for c in range(tower):
+            q = np.sqrt(np.sqrt(np.float32(1.0) / scale[c]))
+            power[c] = q * q * q
+    else:
+        minus_beta = np.float32(-beta)
+        for c in range(tower):
+            power[c] = scale[c] ** minus_beta
+
+
+@_jit
+def _forward_rows(x, out, first, last, groups, size, coefficient, beta, k):
+    tower = x.shape[1] // groups
+    coefficient32, k32 = np.float32(coefficient), np.float32(k)
+    padded = np.zeros(tower + size, np.float32)
+    scale, power = np.empty(tower, np.float32), np.empty(tower, np.float32)
+    for row in range(first, last):
+        for g in range(groups):
+            start = g * tower
+            _scales(x, row, start, tower, size, coefficient32, k32, padded, scale)
+            _powers(scale, tower, beta, power)
+            for c in range(tower):
+                _put(out, row, start + c, _value(x, row, start + c) * power[c])
+
+
+@_jit
+def _backward_rows(x, grad_out, grad_in, first, last, groups, size, coefficient, beta, k):
+    tower = x.shape[1] // groups
+    coefficient32, k32 = np.float32(coefficient), np.float32(k)
+    factor = np.float32(-2.0 * beta * coefficient)
+    padded = np.zeros(tower + size, np.float32)
+    # t_i = g_i a_i scale_i ** (-beta - 1) with zeros around it: j lies in window(i) exactly when i lies in
+    # [j - (size - 1) // 2, j + size // 2], the window mirrored, so t's zeros in front are (size - 1) // 2.
+    padded_t = np.zeros(tower + size, np.float32)
+    before_t = (size - 1) // 2
+    scale, power, window = np.empty(tower, np.float32), np.empty(tower, np.float32), np.empty(tower, np.float32)
+    for row in range(first, last):
+        for g in range(groups):
+            start = g * tower
+            _scales(x, row, start, tower, size, coefficient32, k32, padded, scale)
+            _powers(scale, tower, beta, power)
+            for c in range(tower):
+                grad = _value(grad_out, row, start + c)
+                padded_t[before_t + c] = grad * _value(x, row, start + c) * power[c] / scale[c]
+            for c in range(tower):
+                window[c] = padded_t[c]
+            for j in range(1, size):
+                for c in range(tower):
+                    window[c] += padded_t[c + j]
+            for c in range(tower):
+                a = _value(x, row, start + c)
+                _put(grad_in, row, start + c, _value(grad_out, row, start + c) * power[c] + factor * a * window[c])
+
+
+def supports(x: Tensor) -> bool:
+    """True for CPU float32 / bfloat16 maps in channels_last layout (each pixel's channels contiguous)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4
+            and x.permute(0, 2, 3, 1).is_contiguous())
+
+
+def lrn_forward(x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
+    out = torch.empty_like(x)
+    rows_x, rows_out = _rows(x), _rows(out)
+    _split(lambda first, last: _forward_rows(rows_x, rows_out, first, last, groups, size, coefficient, beta, k),
+           rows_x.shape[0])
+    return out
+
+
+def lrn_backward(x: Tensor, grad_out: Tensor, size: int, coefficient: float, beta: float, k: float,
+                 groups: int) -> Tensor:
+    grad_out = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    grad_in = torch.empty_like(x)
+    rows_x, rows_g, rows_in = _rows(x), _rows(grad_out), _rows(grad_in)
+    _split(lambda first, last: _backward_rows(rows_x, rows_g, rows_in, first, last, groups, size, coefficient,
+                                              beta, k), rows_x.shape[0])
+    return grad_in
+
+
+class NumbaLocalResponseNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.args = (size, coefficient, beta, k, groups)
+        return lrn_forward(x, size, coefficient, beta, k, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        return lrn_backward(x, grad_out, *ctx.args), None, None, None, None, None
+
+
+def _rows(t: Tensor) -> np.ndarray:
+    """The (pixels, channels) matrix of a channels_last tensor, as a numpy view (bf16 as its uint16 bits)."""
+    n, c, h, w = t.shape
+    rows = t.detach().permute(0, 2, 3, 1).reshape(n * h * w, c)
+    return rows.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else rows.numpy()
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_owner = (-1, 0)  # (process id, workers) the pool was made for: a forked child must make its own
+_pool_lock = threading.Lock()
+
+
+def _split(work: Callable[[int, int], None], rows: int) -> None:
+    """Run work(first, last) over [0, rows) in pieces on torch.get_num_threads() threads, this one included."""
+    threads = max(1, min(torch.get_num_threads(), rows // _MIN_ROWS_PER_TASK))
+    if threads == 1:
+        work(0, rows)
+        return
+    tasks = threads * 4  # smaller pieces, taken in turn, even out a thread slowed by other work
+    bounds = [rows * i // tasks for i in range(tasks + 1)]
+    pieces = iter(zip(bounds[:-1], bounds[1:]))
+    lock = threading.Lock()
+
+    def take_pieces() -> None:
+        while True:
+            with lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            work(*piece)
+
+    futures = [_executor(threads - 1).submit(take_pieces) for _ in range(threads - 1)]
+    take_pieces()
+    for future in futures:
+        future.result()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_owner
+    with _pool_lock:
+        if _pool is None or _pool_owner != (os.getpid(), workers):
+            if _pool is not None and _pool_owner[0] == os.getpid():
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="alexnet-lrn")
+            _pool_owner = (os.getpid(), workers)
+        return _pool
