@@ -34,6 +34,8 @@ from numba import types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
+from alexnet.ops import fused_lrn_function
+
 # Rows per task: enough work to hide the hand-off to a thread (tens of microseconds), and enough tasks
 # that threads finishing early pick up the rest.
 _MIN_ROWS_PER_TASK = 2048
@@ -104,13 +106,19 @@ def _scales(x, row, start, tower, size, coefficient, k, padded, scale):
     for c in range(tower):
         v = _value(x, row, start + c)
         padded[before + c] = v * v
-    for c in range(tower):
-        scale[c] = padded[c]
-    for j in range(1, size):
-        for c in range(tower):
-            scale[c] += padded[c + j]
+    _window_sums(padded, tower, size, scale)
     for c in range(tower):
         scale[c] = k + coefficient * scale[c]
+
+
+@_jit
+def _window_sums(padded, tower, size, out):
+    """out[c] = padded[c] + ... + padded[c + size - 1] for c < tower, as shifted adds along the channels."""
+    for c in range(tower):
+        out[c] = padded[c]
+    for j in range(1, size):
+        for c in range(tower):
+            out[c] += padded[c + j]
 
 
 @_jit
@@ -164,20 +172,10 @@ def _backward_rows(x, grad_out, grad_in, first, last, groups, size, coefficient,
             for c in range(tower):
                 grad = _value(grad_out, row, start + c)
                 padded_t[before_t + c] = grad * _value(x, row, start + c) * power[c] / scale[c]
-            for c in range(tower):
-                window[c] = padded_t[c]
-            for j in range(1, size):
-                for c in range(tower):
-                    window[c] += padded_t[c + j]
+            _window_sums(padded_t, tower, size, window)
             for c in range(tower):
                 a = _value(x, row, start + c)
                 _put(grad_in, row, start + c, _value(grad_out, row, start + c) * power[c] + factor * a * window[c])
-
-
-def supports(x: Tensor) -> bool:
-    """True for CPU float32 / bfloat16 maps in channels_last layout (each pixel's channels contiguous)."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4
-            and x.permute(0, 2, 3, 1).is_contiguous())
 
 
 def lrn_forward(x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
@@ -198,17 +196,7 @@ def lrn_backward(x: Tensor, grad_out: Tensor, size: int, coefficient: float, bet
     return grad_in
 
 
-class NumbaLocalResponseNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.args = (size, coefficient, beta, k, groups)
-        return lrn_forward(x, size, coefficient, beta, k, groups)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
-        return lrn_backward(x, grad_out, *ctx.args), None, None, None, None, None
+NumbaLocalResponseNorm = fused_lrn_function("NumbaLocalResponseNorm", lrn_forward, lrn_backward)
 
 
 def _rows(t: Tensor) -> np.ndarray:

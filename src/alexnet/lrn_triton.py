@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from alexnet.ops import fused_lrn_function
+
 # a block of about this many values per program: enough work per program, few registers
 _BLOCK_ELEMENTS = 2048
 
@@ -106,14 +108,4 @@ def lrn_backward(x: Tensor, grad_out: Tensor, size: int, coefficient: float, bet
     return grad_in
 
 
-class TritonLocalResponseNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.args = (size, coefficient, beta, k, groups)
-        return lrn_forward(x, size, coefficient, beta, k, groups)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
-        return lrn_backward(x, grad_out, *ctx.args), None, None, None, None, None
+TritonLocalResponseNorm = fused_lrn_function("TritonLocalResponseNorm", lrn_forward, lrn_backward)

@@ -98,22 +98,48 @@ def _triton_function() -> type | None:
         from alexnet.lrn_triton import TritonLocalResponseNorm
     except ImportError:  # no Triton (CPU-only installs): the eager passes serve CUDA too
         return None
-    try:  # compile both kernels once on a tiny input and check them against the eager passes
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
-            x = (torch.randn(2, 8, 3, 3, device="cuda") * 4).to(memory_format=torch.channels_last)
-            g = torch.randn_like(x)
-            fused = TritonLocalResponseNorm.apply(x.requires_grad_(), 5, 2e-5, 0.75, 2.0, 2)
-            fused.backward(g)
-            want_out = _forward(x.detach(), 5, 2e-5, 0.75, 2.0, 2)
-            want_grad = _backward(x.detach(), g, 5, 2e-5, 0.75, 2.0, 2)
-        if not (torch.allclose(fused, want_out, rtol=1e-4, atol=1e-5)
-                and torch.allclose(x.grad, want_grad, rtol=1e-4, atol=1e-5)):
-            raise RuntimeError("results differ from the eager passes")
-    except Exception as exc:  # a Triton that cannot build for this GPU must not stop training
-        warnings.warn(f"fused CUDA LRN kernels unavailable ({type(exc).__name__}: {exc}); using the eager "
-                      "passes", stacklevel=2)
+    return _checked(TritonLocalResponseNorm, "cuda", (torch.float32,), "fused CUDA LRN kernels")
+
+
+def fused_lrn_function(name: str, forward: Callable[..., Tensor], backward: Callable[..., Tensor]) -> type:
+    """An autograd.Function named `name` around a fused forward(x, size, coefficient, beta, k, groups) and
+    backward(x, grad_out, size, coefficient, beta, k, groups); like the eager layer it saves only the input."""
+
+    def function_forward(ctx, x: Tensor, size: int, coefficient: float, beta: float, k: float,
+                         groups: int) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.args = (size, coefficient, beta, k, groups)
+        return forward(x, size, coefficient, beta, k, groups)
+
+    def function_backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        return backward(x, grad_out, *ctx.args), None, None, None, None, None
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(function_forward),
+                                                   "backward": staticmethod(function_backward)})
+
+
+def _checked(function: type, device: str, dtypes: tuple[torch.dtype, ...], what: str) -> type | None:
+    """`function` if it builds (compiles, or loads its cached build) and agrees with the eager passes on a
+    tiny input of each dtype; otherwise None, with a warning: fused code that cannot build here must not
+    stop training."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
+            for dtype in dtypes:
+                x = (torch.randn(2, 8, 3, 3, device=device) * 4).to(dtype).to(memory_format=torch.channels_last)
+                g = torch.randn_like(x)
+                fused = function.apply(x.requires_grad_(), 5, 2e-5, 0.75, 2.0, 2)
+                fused.backward(g)
+                want_out = _forward(x.detach(), 5, 2e-5, 0.75, 2.0, 2)
+                want_grad = _backward(x.detach(), g, 5, 2e-5, 0.75, 2.0, 2)
+                tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+                if not (torch.allclose(fused.float(), want_out.float(), **tolerance)
+                        and torch.allclose(x.grad.float(), want_grad.float(), **tolerance)):
+                    raise RuntimeError(f"{dtype} results differ from the eager passes")
+    except Exception as exc:
+        warnings.warn(f"{what} unavailable ({type(exc).__name__}: {exc}); using the eager passes", stacklevel=3)
         return None
-    return TritonLocalResponseNorm
+    return function
 
 
 # "numba": CPU tensors of float32 or bfloat16 in channels_last layout go through alexnet.lrn_numba's fused
@@ -127,27 +153,10 @@ CPU_KERNEL = "eager"
 @functools.cache
 def _numba_function() -> type | None:
     try:
-        from alexnet import lrn_numba
+        from alexnet.lrn_numba import NumbaLocalResponseNorm
     except ImportError:  # no Numba for this platform: the eager passes serve
         return None
-    try:  # compile once (or load the cached build) and check against the eager passes, both dtypes
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
-            for dtype in (torch.float32, torch.bfloat16):
-                x = (torch.randn(2, 8, 3, 3) * 4).to(dtype).to(memory_format=torch.channels_last)
-                g = torch.randn_like(x)
-                fused = lrn_numba.NumbaLocalResponseNorm.apply(x.requires_grad_(), 5, 2e-5, 0.75, 2.0, 2)
-                fused.backward(g)
-                want_out = _forward(x.detach(), 5, 2e-5, 0.75, 2.0, 2)
-                want_grad = _backward(x.detach(), g, 5, 2e-5, 0.75, 2.0, 2)
-                tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
-                if not (torch.allclose(fused.float(), want_out.float(), **tolerance)
-                        and torch.allclose(x.grad.float(), want_grad.float(), **tolerance)):
-                    raise RuntimeError(f"{dtype} results differ from the eager passes")
-    except Exception as exc:  # a Numba that cannot build here must not stop training
-        warnings.warn(f"fused CPU LRN loops unavailable ({type(exc).__name__}: {exc}); using the eager passes",
-                      stacklevel=2)
-        return None
-    return lrn_numba.NumbaLocalResponseNorm
+    return _checked(NumbaLocalResponseNorm, "cpu", (torch.float32, torch.bfloat16), "fused CPU LRN loops")
 
 
 def _fused_cpu_kernel(x: Tensor) -> type | None:
