@@ -21,7 +21,7 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(autouse=True)
 def fused_cpu_loops(monkeypatch):
-    """The fused loops are opt-in (ops.CPU_KERNEL); these tests switch them on."""
+    """The fused loops are the default (ops.CPU_KERNEL); these tests pin them on whatever the default."""
     monkeypatch.setattr(ops, "CPU_KERNEL", "numba")
 
 
@@ -123,6 +123,19 @@ def test_eager_switch_gives_the_same_values(monkeypatch):
     assert results["eager"][0] == "_LocalResponseNormBackward"
     torch.testing.assert_close(results["numba"][1], results["eager"][1], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(results["numba"][2], results["eager"][2], rtol=1e-5, atol=1e-7)
+
+
+def test_self_check_leaves_the_global_random_stream_alone(monkeypatch):
+    """The first fused call of a process checks the loops against the eager passes on random inputs. Drawn
+    from torch's global generator, they would move a resumed run's dropout masks away from the unbroken
+    run's (tests/test_faults.py compares the two bit for bit)."""
+    ops._numba_function.cache_clear()
+    torch.manual_seed(11)
+    expected_next = torch.rand(4)
+    torch.manual_seed(11)
+    out = local_response_norm(channels_last(torch.ones(1, 4, 2, 2)).requires_grad_(), 5, 0.1, 0.75, 2.0)
+    assert type(out.grad_fn).__name__ == "NumbaLocalResponseNormBackward"
+    assert torch.equal(torch.rand(4), expected_next)
 
 
 def test_backward_keeps_only_the_input():

@@ -37,7 +37,9 @@ against 130 ms (channels_last backward: 1000 against 145 ms); `train.compile` is
 On CUDA, channels_last input goes through two fused Triton kernels instead (`alexnet.lrn_triton`: one
 pass over each pixel's row of channels forward, one backward), because on a GPU every full-size pass is a
 trip through memory: the eager passes took more than half of the paper model's training step on an H100
-(docs/PERFORMANCE.md). `CUDA_KERNEL = "eager"` keeps the passes below on CUDA too.
+(docs/PERFORMANCE.md). `CUDA_KERNEL = "eager"` keeps the passes below on CUDA too. On the CPU,
+float32 and bfloat16 channels_last input goes through the same two loops compiled by Numba
+(`alexnet.lrn_numba`, 2-3x faster than the passes below); `CPU_KERNEL = "eager"` keeps these passes.
 
 bfloat16 and float16 inputs are computed in float32 and returned in their own dtype. The output keeps
 the input's memory format (contiguous or channels_last).
@@ -123,11 +125,16 @@ def _checked(function: type, device: str, dtypes: tuple[torch.dtype, ...], what:
     """`function` if it builds (compiles, or loads its cached build) and agrees with the eager passes on a
     tiny input of each dtype; otherwise None, with a warning: fused code that cannot build here must not
     stop training."""
+    # A private generator: drawing from the global one here, at the first LRN call of a process, would shift a
+    # resumed run's random stream (dropout, augmentation) away from the unbroken run's.
+    generator = torch.Generator(device).manual_seed(0)
     try:
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
             for dtype in dtypes:
-                x = (torch.randn(2, 8, 3, 3, device=device) * 4).to(dtype).to(memory_format=torch.channels_last)
-                g = torch.randn_like(x)
+                x = torch.randn(2, 8, 3, 3, device=device, generator=generator) * 4
+                x = x.to(dtype).to(memory_format=torch.channels_last)
+                g = torch.randn(x.shape, device=device, generator=generator).to(dtype)
+                g = g.to(memory_format=torch.channels_last)
                 fused = function.apply(x.requires_grad_(), 5, 2e-5, 0.75, 2.0, 2)
                 fused.backward(g)
                 want_out = _forward(x.detach(), 5, 2e-5, 0.75, 2.0, 2)
@@ -144,10 +151,7 @@ def _checked(function: type, device: str, dtypes: tuple[torch.dtype, ...], what:
 
 # "numba": CPU tensors of float32 or bfloat16 in channels_last layout go through alexnet.lrn_numba's fused
 # loops when Numba is importable (2-3x faster, docs/PERFORMANCE.md); "eager": this module's own passes.
-# Eager is the default until the fused loops are found to keep a resumed run bit-identical to an unbroken
-# one: with them, tests/test_faults.py's resume comparisons failed (conv1's weights differed), and the
-# cause is not yet known.
-CPU_KERNEL = "eager"
+CPU_KERNEL = "numba"
 
 
 @functools.cache
