@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ import numpy as np
 from alexnet.data import ilsvrc
 from alexnet.data.classnames import class_names
 from alexnet.data.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
+from alexnet.data.imagestats import add_image
 from alexnet.data.sources import Item, Source, find_source, item_pixels, merge_validation, split_off_validation
 from alexnet.data.store import FORMAT, MANIFEST, SPLITS, Store, checksum, is_store, open_store
 from alexnet.errors import UserError
@@ -307,6 +308,13 @@ class _State:
                 state.skipped = [tuple(s) for s in json.loads(str(saved["skipped"]))]
         return state
 
+    def snapshot(self) -> _State:
+        """A copy that a background save can write while this one keeps changing."""
+        copy = _State.__new__(_State)
+        copy.done, copy.skipped = set(self.done), list(self.skipped)
+        copy.sum_image, copy.gram = self.sum_image.copy(), self.gram.copy()
+        return copy
+
     def save(self, partial: Path) -> None:
         tmp = partial / "state.tmp.npz"
         with open(tmp, "wb") as f:
@@ -352,9 +360,6 @@ def _process_chunk(task: tuple) -> tuple:
     # a quarter of the traffic of adding each image into the uint32 sums.
     block, in_block = np.zeros((size, size, 3), dtype=np.uint16), 0
     gram = np.zeros((3, 3), dtype=np.int64)
-    # Per image, each x x^T entry is at most 255 * 255 * S * S: exact in uint32 up to S = 257.
-    # (Measured: this beats a float64 BLAS X^T X of the (S*S, 3) pixels, whose 3-wide rows BLAS handles badly.)
-    acc = np.uint32 if 255 * 255 * size * size < 2**32 else np.uint64
     row = np.empty((size, size, 3), dtype=np.uint8)  # the image as stored, contiguous
     skipped = []
     with open(images_path, "r+b") as f:
@@ -370,15 +375,11 @@ def _process_chunk(task: tuple) -> tuple:
             # it records the chunk as done.
             _write_fully(f.fileno(), row, data_offset + (start + offset) * row_bytes)
             if with_stats:  # from the stored row: exactly what the store will hold
-                np.add(block, row, out=block)
+                add_image(row, block, gram)
                 in_block += 1
                 if in_block == 257:
                     np.add(sum_image, block, out=sum_image, casting="unsafe")
                     block[...], in_block = 0, 0
-                channels = [row[:, :, c].astype(np.uint16) for c in range(3)]
-                for i in range(3):
-                    for j in range(i, 3):
-                        gram[i, j] += int((channels[i] * channels[j]).sum(dtype=acc))
     np.add(sum_image, block, out=sum_image, casting="unsafe")
     gram = np.triu(gram) + np.triu(gram, 1).T
     return index, skipped, sum_image.astype(np.int64) if with_stats else None, gram
@@ -438,18 +439,33 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
     image_files = [partial / split / "images.npy" for split in plan.splits]
     (partial / "results").mkdir(exist_ok=True)
 
-    def save() -> None:
-        nonlocal last_save
-        # Rows written through the workers' memory maps are in the page cache; fsync puts them on disk
-        # before the state file says their chunks are done (a SIGKILL alone would not lose them).
+    def write_state(snapshot: _State) -> None:
+        # Rows written so far are in the page cache; fsync puts them on disk before the state file says
+        # their chunks are done (a SIGKILL alone would not lose them, a power cut would).
         for path in image_files:
             fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        state.save(partial)
+        snapshot.save(partial)
+
+    # Saves during the run go to a background thread: the fsyncs wait for the disk (tens of milliseconds
+    # per save), and with --workers 1 decoding would otherwise stop for them. One save at a time, in order.
+    saver = ThreadPoolExecutor(1, thread_name_prefix="prepare-save")
+    saving: Future | None = None
+
+    def save(wait: bool = True) -> None:
+        nonlocal last_save, saving
+        if saving is not None:
+            saving, previous = None, saving
+            previous.result()  # an error of the last background save (a full disk) surfaces here
+        snapshot = state.snapshot()  # taken after the rows it counts were written
         last_save = time.monotonic()
+        if wait:
+            write_state(snapshot)
+        else:
+            saving = saver.submit(write_state, snapshot)
 
     def record(result: tuple) -> None:
         index, skipped, sum_image, gram = result
@@ -461,7 +477,7 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
         state.done.add(index)
         bar.update(chunk.stop - chunk.start)
         if time.monotonic() - last_save >= save_every:
-            save()
+            save(wait=False)
 
     try:
         if workers == 1:
@@ -494,6 +510,7 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
         raise
     finally:
         bar.close()
+        saver.shutdown(wait=True)
     save()
 
 
