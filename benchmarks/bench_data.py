@@ -13,6 +13,8 @@ Two data sets, from ../shared/data next to the repository (skipped with a messag
 - cifar10: the 45,000 training JPEGs, stored at 32, 28 crops (the cifar preset), the first 60 batches.
 Each measurement runs in a fresh process from a cold start (worker start-up, first reads included) to the
 last batch, and records the peak memory of that process and its workers (PSS: shared pages counted once).
+The methods alternate, --repeats times (default 2); each keeps its fastest run and its largest peak (one
+cold start lasts about a second for ours, so a single run moved by 2x with the machine's other work).
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer batches: a smoke test, not for quoting")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the plain way")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each method, alternating; the fastest counts")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path, default=OUT / "data.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, JSON on stdout
@@ -201,16 +204,23 @@ def main() -> None:
         print(json.dumps(one(args.one, device, args.workers, args.batch, args.quick)))
         return
     methods = ["plain", "ours"] + (["ours-resident"] if device.type == "cuda" else [])
+    runs: dict[tuple[str, str], list[dict]] = {}
+    names = list(cases(args.quick))
+    for _ in range(args.repeats):  # the methods alternate; each keeps its fastest run and its largest peak
+        for name in names:
+            for method in methods:
+                cmd = [sys.executable, __file__, "--one", f"{name}:{method}", "--workers", str(args.workers),
+                       "--batch", str(args.batch), "--device", args.device] + (["--quick"] if args.quick else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"{name:8s} {method:13s} {r['batches_per_s']:7.2f} batches/s  peak {r['peak_pss_mb']:.0f} MiB",
+                      flush=True)
+                runs.setdefault((name, method), []).append(r)
     results = []
-    for name in cases(args.quick):
-        for method in methods:
-            cmd = [sys.executable, __file__, "--one", f"{name}:{method}", "--workers", str(args.workers),
-                   "--batch", str(args.batch), "--device", args.device] + (["--quick"] if args.quick else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            results.append(r)
-            print(f"{name:8s} {method:13s} {r['batches_per_s']:7.2f} batches/s  peak {r['peak_pss_mb']:.0f} MiB",
-                  flush=True)
+    for same in runs.values():
+        fastest = max(same, key=lambda r: r["batches_per_s"])
+        results.append({**fastest, "peak_pss_mb": max(r["peak_pss_mb"] for r in same),
+                        "runs_batches_per_s": [r["batches_per_s"] for r in same]})
     rows = []
     for r in results:
         base = next(b for b in results if b["case"] == r["case"] and b["method"] == "plain")
@@ -224,7 +234,7 @@ def main() -> None:
     part_rows = parts(device, args.batch, 3 if args.quick else 10)
     table += "\n\n" + markdown_table(["the parts alone, one batch", "best ms"], part_rows)
     print(f"\nTraining batches of {args.batch} (crop, mirror, mean image, PCA noise) on {device}, cold start "
-          "to last batch\n")
+          f"to last batch, fastest of {args.repeats} runs\n")
     print(table)
     write_json(args.json, {"machine": machine(), "device": str(device), "batch": args.batch, "results": results,
                            "parts": part_rows, "table": table})
