@@ -5,8 +5,8 @@ each a trip through memory. Here each pixel's channels are one contiguous row of
 and one loop over the rows does everything for a row while it sits in the L1 cache: the forward reads
 each value once and writes the output once; the backward reads the input and the incoming gradient and
 writes the gradient, recomputing the scales it needs. The inner loops run along the channels, so LLVM
-vectorizes them. The rows are split between torch.get_num_threads() Python threads; the compiled loops
-release the GIL, so they run at once.
+vectorizes them. The rows are split between torch.get_num_threads() Python threads (threads.py); the
+compiled loops release the GIL, so they run at once.
 
 The formulas are ops.py's (module docstring there): b_i = a_i * scale_i ** -beta, scale_i = k + c * S_i,
 S_i the sum of squares over window(i) = [i - size // 2, i + (size - 1) // 2] within the tower, and
@@ -21,11 +21,6 @@ Numba is importable; every other case keeps the eager passes.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
@@ -35,6 +30,7 @@ from numba.extending import intrinsic, overload
 from torch import Tensor
 
 from alexnet.ops import fused_lrn_function
+from alexnet.threads import split_work
 
 # Rows per task: enough work to hide the hand-off to a thread (tens of microseconds), and enough tasks
 # that threads finishing early pick up the rest.
@@ -181,8 +177,8 @@ def _backward_rows(x, grad_out, grad_in, first, last, groups, size, coefficient,
 def lrn_forward(x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
     out = torch.empty_like(x)
     rows_x, rows_out = _rows(x), _rows(out)
-    _split(lambda first, last: _forward_rows(rows_x, rows_out, first, last, groups, size, coefficient, beta, k),
-           rows_x.shape[0])
+    split_work(lambda first, last: _forward_rows(rows_x, rows_out, first, last, groups, size, coefficient, beta, k),
+               rows_x.shape[0], _MIN_ROWS_PER_TASK)
     return out
 
 
@@ -191,8 +187,8 @@ def lrn_backward(x: Tensor, grad_out: Tensor, size: int, coefficient: float, bet
     grad_out = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)
     grad_in = torch.empty_like(x)
     rows_x, rows_g, rows_in = _rows(x), _rows(grad_out), _rows(grad_in)
-    _split(lambda first, last: _backward_rows(rows_x, rows_g, rows_in, first, last, groups, size, coefficient,
-                                              beta, k), rows_x.shape[0])
+    split_work(lambda first, last: _backward_rows(rows_x, rows_g, rows_in, first, last, groups, size, coefficient,
+                                                  beta, k), rows_x.shape[0], _MIN_ROWS_PER_TASK)
     return grad_in
 
 
@@ -204,44 +200,3 @@ def _rows(t: Tensor) -> np.ndarray:
     n, c, h, w = t.shape
     rows = t.detach().permute(0, 2, 3, 1).reshape(n * h * w, c)
     return rows.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else rows.numpy()
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_owner = (-1, 0)  # (process id, workers) the pool was made for: a forked child must make its own
-_pool_lock = threading.Lock()
-
-
-def _split(work: Callable[[int, int], None], rows: int) -> None:
-    """Run work(first, last) over [0, rows) in pieces on torch.get_num_threads() threads, this one included."""
-    threads = max(1, min(torch.get_num_threads(), rows // _MIN_ROWS_PER_TASK))
-    if threads == 1:
-        work(0, rows)
-        return
-    tasks = threads * 4  # smaller pieces, taken in turn, even out a thread slowed by other work
-    bounds = [rows * i // tasks for i in range(tasks + 1)]
-    pieces = iter(zip(bounds[:-1], bounds[1:]))
-    lock = threading.Lock()
-
-    def take_pieces() -> None:
-        while True:
-            with lock:
-                piece = next(pieces, None)
-            if piece is None:
-                return
-            work(*piece)
-
-    futures = [_executor(threads - 1).submit(take_pieces) for _ in range(threads - 1)]
-    take_pieces()
-    for future in futures:
-        future.result()
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_owner
-    with _pool_lock:
-        if _pool is None or _pool_owner != (os.getpid(), workers):
-            if _pool is not None and _pool_owner[0] == os.getpid():
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="alexnet-lrn")
-            _pool_owner = (os.getpid(), workers)
-        return _pool

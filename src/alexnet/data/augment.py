@@ -8,17 +8,15 @@ Every random number is a pure function of (seed, epoch, sample index, stream), c
 an integer hash, so that resume, any batch size and any number of processes see the same crops, flips and
 colour noise for the same sample. No generator state, no host round trip.
 
-Three ways to cut the views, with bit-identical results: on a GPU one gather of pixels for the whole batch
-(a single kernel). On the CPU, where that gather is slow (an index computation per value): small crops are
-picked whole out of a strided view of every window of the batch, large ones one image at a time as a slice
-converted and mean-subtracted in one pass (docs/PERFORMANCE.md has the timings).
+Two ways to cut the views, with bit-identical results: on a GPU one gather of pixels for the whole batch
+(a single kernel); on the CPU, where that gather is slow (an index computation per value), one compiled
+loop along the crop's rows (cutviews.py; docs/PERFORMANCE.md has the timings).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,17 +25,13 @@ from torch import Tensor
 
 from alexnet.config import DataConfig
 from alexnet.data.buffers import BufferPool
+from alexnet.data.cutviews import cut_views
 
 _MASK32 = 0xFFFFFFFF
 # torchvision's ImageNet normalisation (the `imagenet` option), in 0..1 units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# On the CPU, crops of at least this many pixels are cut image by image, smaller ones all at once from the
-# windows view: the loop costs a few microseconds per image and op, the windows pick about 10 ns per value.
-# Measured on 2 cores, one thread: windows won at 24 and 32 pixel crops (2-4x), slices from 56 up (3x at 56,
-# more above).
-_SLICES_MIN_PIXELS = 48 * 48
 # the float views of training batches on the CPU: this one and the one the last training step still holds
 _OUTPUTS = BufferPool(keep=3)
 
@@ -167,24 +161,19 @@ def crop_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor,
     images: uint8 (B, S, S, 3); offset_y, offset_x: int64 (B,) top-left corners; flip: bool (B,);
     offsets: (B, 3) float32 or None. Returns float32 (B, 3, crop, crop) in channels_last memory: permuting
     a contiguous NHWC tensor to NCHW is exactly that layout, so no copy is made.
-    method: "gather" (one kernel, for GPUs), "windows" or "slices" (for the CPU: small and large crops), or
-    "auto". All compute x - (mean - offset) in float32 element by element, so they agree bit for bit.
+    method: "gather" (one kernel, for GPUs), "compiled" (CPU tensors only), or "auto" (the one for the
+    device). Both compute (x - (mean - offset)) * scale in float32 element by element, so they agree bit for
+    bit.
     """
     if method == "auto":
-        if images.device.type != "cpu":
-            method = "gather"
-        else:
-            method = "slices" if crop * crop >= _SLICES_MIN_PIXELS else "windows"
-    if method == "slices":
-        x = _sliced_views(images, offset_y, offset_x, flip, crop, stats, offsets)
-    elif method == "windows":
-        with _one_thread():
-            x = _windowed_views(images, offset_y, offset_x, flip, crop, stats, offsets)
+        method = "compiled" if images.device.type == "cpu" else "gather"
+    if method == "compiled":
+        x = _compiled_views(images, offset_y, offset_x, flip, crop, stats, offsets)
     else:
         rows, cols = _crop_indices(offset_y, offset_x, flip, crop)
         x = _gathered_views(images, rows, cols, stats, offsets)
-    if not stats.unit_scale:
-        x = x.mul_(stats.scale)
+        if not stats.unit_scale:
+            x = x.mul_(stats.scale)
     return x.permute(0, 3, 1, 2)
 
 
@@ -200,79 +189,20 @@ def _gathered_views(images: Tensor, rows: Tensor, cols: Tensor, stats: ColourSta
     return x.sub_(mean)
 
 
-def _windows(t: Tensor, crop: int) -> Tensor:
-    """(N, S, S, C) contiguous -> the view (N, S - crop + 1, S - crop + 1, crop, crop, C) of every window."""
-    n, size, _, ch = t.shape
-    span = size - crop + 1
-    row, col = size * ch, ch
-    return t.as_strided((n, span, span, crop, crop, ch), (size * row, row, col, row, col, 1))
-
-
-def _windowed_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int,
+def _compiled_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int,
                     stats: ColourStats, offsets: Tensor | None) -> Tensor:
-    """The whole batch at once: each view is one window picked whole (the index names a window, not a
-    value). Mirrored views are windows of a mirrored copy of the batch, so this suits small images."""
-    bsz, size = images.shape[0], images.shape[1]
-    mirrored_x = torch.where(flip, size - crop - offset_x, offset_x)  # the same window, seen in the mirror
-    source = torch.cat([images.contiguous(), images.flip(2)])  # (2B, S, S, 3): as stored, then mirrored
-    which = torch.arange(bsz, device=images.device) + flip.to(torch.int64) * bsz
-    x = _windows(source, crop)[which, offset_y, mirrored_x].to(torch.float32)
-    means = torch.stack([stats.mean, stats.mean_mirrored])
-    mean = _windows(means, crop)[flip.to(torch.int64), offset_y, mirrored_x].view(bsz, crop, crop * 3)
-    if offsets is not None:
-        mean = mean - offsets.repeat(1, crop)[:, None, :]  # rows of crop * 3 values: r,g,b,r,g,b...
-    return x.view(bsz, crop, crop * 3).sub_(mean).view(bsz, crop, crop, 3)
-
-
-def _sliced_views(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor, crop: int,
-                  stats: ColourStats, offsets: Tensor | None) -> Tensor:
-    """One image at a time: (B, crop, crop, 3) float32, each written once, with no index tensors.
-
-    A crop of an (S, S, 3) image is a strided view whose rows are crop * 3 contiguous values, so every
-    op below runs over rows of that length (vectorized; the per-image colour offset is one such row,
-    broadcast down). A mirrored crop is a slice of the mirrored mean image and a flipped copy of the
-    image's slice (uint8, a quarter of the float output's bytes). Two Python threads sharing the images
-    measured no faster than one (the loop is bound by memory traffic), so there is one.
-    """
-    bsz, size = images.shape[0], images.shape[1]
-    if images.device.type == "cpu":
-        # numpy asks the kernel for huge pages on large arrays (torch's CPU allocator does not): a fresh 77 MB
-        # batch then costs a few hundred page faults instead of tens of thousands, several times the copy;
-        # reusing the previous batch's array once it is free (buffers.py) saves even those
-        out = torch.from_numpy(_OUTPUTS.empty((bsz, crop, crop, 3), np.float32))
-    else:
-        out = torch.empty(bsz, crop, crop, 3, dtype=torch.float32, device=images.device)
-    rows_of = (crop, crop * 3)
-    mean_shifted = torch.empty(rows_of, dtype=torch.float32, device=images.device)
-    offset_rows = offsets.repeat(1, crop) if offsets is not None else None  # (B, crop * 3): r,g,b,r,g,b...
-    with _one_thread():
-        for i, (y, x, mirrored) in enumerate(zip(offset_y.tolist(), offset_x.tolist(), flip.tolist())):
-            if mirrored:
-                pixels = images[i, y:y + crop, x:x + crop].flip(1)
-                mean = stats.mean_mirrored[y:y + crop, size - x - crop:size - x]
-            else:
-                pixels = images[i, y:y + crop, x:x + crop]
-                mean = stats.mean[y:y + crop, x:x + crop]
-            mean = mean.reshape(rows_of)
-            if offset_rows is not None:
-                mean = torch.sub(mean, offset_rows[i], out=mean_shifted)
-            torch.sub(pixels.reshape(rows_of), mean, out=out[i].view(rows_of))
-    return out
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch's intra-op threads set to one for a while. One image's ops are too small to split well: on an
-    idle 2-core machine two intra-op threads saved 15% of the loop, but when other processes held the cores
-    each op waited for a descheduled thread and the loop ran 3 to 10 times slower than on one thread."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
+    """cutviews.py's compiled loop: (B, crop, crop, 3) float32 on the CPU, each value written once."""
+    bsz = images.shape[0]
+    # numpy asks the kernel for huge pages on large arrays (torch's CPU allocator does not): a fresh 77 MB
+    # batch then costs a few hundred page faults instead of tens of thousands, several times the loop;
+    # reusing the previous batch's array once it is free (buffers.py) saves even those
+    out = _OUTPUTS.empty((bsz, crop, crop, 3), np.float32)
+    if offsets is None:
+        offsets = torch.zeros(bsz, 3)
+    cut_views(images.contiguous().numpy(), offset_y.numpy(), offset_x.numpy(), flip.numpy(),
+              stats.mean.numpy(), stats.mean_mirrored.numpy(), offsets.to(torch.float32).contiguous().numpy(),
+              stats.scale.numpy(), out)
+    return torch.from_numpy(out)
 
 
 def augment_train(images: Tensor, index: Tensor, cfg: DataConfig, stats: ColourStats, seed: int,
