@@ -47,7 +47,7 @@ def commands(quick: bool, cuda: bool, compile_too: bool) -> dict[str, list[str]]
         "train": ["bench_train.py", *device, *q, "--json", str(OUT / "train.json")],
         "memory": ["bench_memory.py", *q, "--json", str(OUT / "memory.json")],
         "lrn": ["bench_lrn.py", *(q or ["--repeats", "3"])],
-        "prepare": ["bench_prepare.py", *(["--copies", "1", "--repeats", "1"] if quick else ["--repeats", "2"])],
+        "prepare": ["bench_prepare.py", *(["--copies", "1", "--repeats", "1"] if quick else ["--repeats", "3"])],
     }
     if cuda:
         out["step-large"] = ["bench_step.py", *device, "--batch", "1024", "--presets", "paper,one-tower", *step,

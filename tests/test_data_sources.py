@@ -13,7 +13,7 @@ from datagen import add_bytes, centre, encode, make_devkit, make_tar_of_tars, pa
 from PIL import Image
 
 from alexnet.data import classnames, ilsvrc
-from alexnet.data.decode import SkipImage, decode_image, load_image, plain_jpeg_pixels
+from alexnet.data.decode import SkipImage, bare_jpeg_pixels, decode_image, load_image, plain_jpeg_pixels
 from alexnet.data.sources import find_source, item_pixels, split_off_validation, unsafe_member_name
 from alexnet.errors import UserError
 
@@ -236,14 +236,54 @@ def test_cmyk_jpeg_and_png_go_the_pillow_way():
     png = encode(_photo_like(60, 80, seed=23), "PNG")
     for data in (buf.getvalue(), png):
         assert plain_jpeg_pixels(Image.open(io.BytesIO(data)), data, 60) is None
+        assert bare_jpeg_pixels(data, 60) is None
     expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[:, 10:70]
     assert np.array_equal(load_image(buf.getvalue(), 60), expected)
+
+
+@pytest.mark.parametrize("shape, size", [((375, 500), 256), ((600, 1100), 128), ((120, 160), 120)],
+                         ids=["photo", "draft-scale", "grey"])
+def test_jpeg_without_metadata_skips_pillow_and_gives_its_pixels(shape, size):
+    """No EXIF, XMP or MPF segment: decoded without Pillow's header parse, to Pillow's own draft-mode pixels."""
+    array = _photo_like(*shape, seed=25)
+    data = encode(array[:, :, 0] if size == 120 else array, "JPEG", quality=90)
+    bare = bare_jpeg_pixels(data, size)
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (size, size))
+    assert bare is not None and np.array_equal(bare, np.asarray(img.convert("RGB")))
+
+
+def _xmp_jpeg(array: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose only orientation is in an XMP packet (APP1), which Pillow also honours."""
+    packet = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="'
+              + str(orientation).encode() + b'"/></rdf:RDF></x:xmpmeta>')
+    body = b"http://ns.adobe.com/xap/1.0/\x00" + packet
+    data = encode(array, "JPEG", quality=95)
+    return data[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + data[2:]
+
+
+def test_jpegs_with_orientation_metadata_or_several_pictures_go_through_pillow():
+    """EXIF (even upright), XMP and MPO files are not decoded without Pillow; XMP orientation is applied."""
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    quadrants = _quadrants(300, 400)
+    second = io.BytesIO()
+    Image.fromarray(quadrants).save(second, "MPO", save_all=True, append_images=[Image.fromarray(quadrants[::-1])])
+    xmp = _xmp_jpeg(quadrants, 6)
+    for data in (encode(quadrants, "JPEG", exif=exif.tobytes()), xmp, second.getvalue()):
+        assert bare_jpeg_pixels(data, 96) is None
+    assert Image.open(io.BytesIO(second.getvalue())).format == "MPO"
+    # Pillow reads the XMP orientation 6 ("rotate 90 CW to display"): the red quadrant ends up top-right
+    assert _quadrant_colours(load_image(xmp, 96)) == [(0, 0, 255), (255, 0, 0), (255, 255, 255), (0, 255, 0)]
+    assert _quadrant_colours(load_image(second.getvalue(), 96)) == [(255, 0, 0), (0, 255, 0), (0, 0, 255),
+                                                                    (255, 255, 255)]
 
 
 def test_damaged_jpeg_is_left_to_pillow():
     data = encode(_photo_like(120, 160, seed=24), "JPEG", quality=90)
     cut = data[: len(data) // 2]
     assert plain_jpeg_pixels(Image.open(io.BytesIO(cut)), cut, 64) is None
+    assert bare_jpeg_pixels(cut, 64) is None
     with pytest.raises(SkipImage, match="truncated or corrupt image data"):
         load_image(cut, 64)
 

@@ -4,6 +4,11 @@ Every path that reads a photo (prepare, predict) goes through `load_image` or `d
 and a single prediction see identical pixels.
 
 What happens, in order:
+- A JPEG that carries no EXIF, XMP or multi-picture segment (most photos: 238 of the 250 ILSVRC samples)
+  is decoded straight away by the fast path below, its size and colour space read from libjpeg-turbo's
+  header parse: nothing in such a file can rotate it or make it more than one picture, so Pillow's header
+  parse (0.1 ms a photo, written in Python) would add nothing. Any other file, and any such JPEG that the
+  fast path declines, goes on to Pillow.
 - Pillow opens the bytes (headers only); the format comes from the content, not the file name (a PNG
   named .JPEG works).
 - Images over MAX_PIXELS are refused as decompression bombs (Pillow's own warning counts as an error).
@@ -77,6 +82,9 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     May return a strided view (see resize_center_crop); load_image returns a contiguous array."""
     if len(data) == 0:
         raise SkipImage("empty file (0 bytes)")
+    pixels = bare_jpeg_pixels(data, size)
+    if pixels is not None:
+        return resize_center_crop(pixels, size)
     with warnings.catch_warnings():
         # Pillow warns between 1x and 2x its limit and raises above; both mean "refuse".
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -125,7 +133,54 @@ def plain_jpeg_pixels(img: Image.Image, data: bytes, size: int) -> np.ndarray | 
             return None
     except Exception:  # damaged EXIF: the Pillow way reports it
         return None
-    width, height = img.size
+    return _draft_scale_pixels(data, *img.size, size)
+
+
+def bare_jpeg_pixels(data: bytes, size: int) -> np.ndarray | None:
+    """plain_jpeg_pixels without Pillow, for a JPEG with no EXIF, XMP or MPF segment; None for anything else.
+
+    Such a file needs no rotation (the orientation Pillow reads lives in EXIF or XMP) and is one picture,
+    so libjpeg-turbo's header (size, colour space) says everything Pillow's would: 1 or 3 components of
+    grey, YCbCr or RGB are Pillow's modes "L" and "RGB". Over-large, damaged or CMYK files return None and
+    go the Pillow way, which refuses, reports or converts them as before."""
+    if not data.startswith(b"\xff\xd8\xff") or not _segments_are_plain(data):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except Exception:  # a header libjpeg-turbo cannot read: Pillow says what is wrong
+        return None
+    if colorspace not in ("Gray", "YCbCr", "RGB") or not 0 < width * height <= MAX_PIXELS:
+        return None
+    return _draft_scale_pixels(data, width, height, size)
+
+
+# APP segments that Pillow reads for orientation (EXIF, XMP) or for more pictures in the file (MPF)
+_METADATA = ((0xE1, b"Exif\0\0"), (0xE1, b"http://ns.adobe.com/xap/1.0/\x00"), (0xE2, b"MPF\0"))
+
+
+def _segments_are_plain(data: bytes) -> bool:
+    """True when the marker segments before the scan hold none of _METADATA and are well formed."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: no metadata segment comes after it
+            return True
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2:
+            return False
+        if any(marker == m and data.startswith(tag, i + 4) for m, tag in _METADATA):
+            return False
+        i += 2 + length
+    return False
+
+
+def _draft_scale_pixels(data: bytes, width: int, height: int, size: int) -> np.ndarray | None:
+    """libjpeg-turbo's decode at Pillow's draft scale, or None where it fails or would not match Pillow."""
     scale = draft_scale(width, height, size)
     # The smallest M/8 scale giving at least ceil(side / scale) is exactly 1/scale (scale is 1, 2, 4 or 8).
     min_width, min_height = -(-width // scale), -(-height // scale)
