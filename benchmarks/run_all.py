@@ -7,7 +7,8 @@ script collects them with the machine, torch version, date and command, and prin
 With a CUDA GPU visible the step, data and train benchmarks run on it (bf16 autocast, channels_last,
 torch.compile, the store resident in GPU memory, batch 128 and a large batch), and the CPU-only ones as
 usual. --quick: fewer repeats and smaller inputs, a smoke test whose figures are not for quoting. A full
-run takes about 6 minutes on a quiet 2-core CPU, 7.5 with the set-up of a fresh clone (docs/PERFORMANCE.md).
+run takes 6.5 to 7.5 minutes on a quiet 2-core CPU, 7.5 to 9 with the set-up of a fresh clone
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations

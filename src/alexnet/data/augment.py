@@ -115,7 +115,7 @@ class ColourStats:
     eigenvalues: Tensor  # (3,) float32
     scale: Tensor  # (3,) float32: multiply after subtracting the mean (1 for the paper)
     unit_scale: bool = True  # scale is all ones: known on the host, so no device sync per batch
-    mean_mirrored: Tensor | None = None  # mean.flip(1): mirrored crops of the mean are plain slices of it
+    mean_mirrored: Tensor | None = None  # mean.flip(1): a mirrored crop of the mean reads it forwards
 
     def __post_init__(self) -> None:
         if self.mean_mirrored is None:
