@@ -24,7 +24,7 @@ from conftest import run_cli
 from alexnet.cli import main as cli_main
 from alexnet.config import build_config
 from alexnet.model import AlexNet
-from alexnet.parallel import JOB_FILE, elastic_resume
+from alexnet.parallel import JOB_FILE, elastic_resume, mark_elastic_job
 from alexnet.train import train
 
 # 192 training images / batch 16 = 12 steps per epoch; 33 validation images: 17 + 16 over two ranks, so the
@@ -215,6 +215,24 @@ def test_a_restarted_worker_resumes_only_the_run_its_job_started(tmp_path, monke
     assert elastic_resume(run) == "auto"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")  # a job refused this directory: its restart is too
     assert elastic_resume(run) is None
+
+
+def test_the_job_mark_is_never_rewritten_in_place_while_other_ranks_read_it(tmp_path, monkeypatch):
+    """A restarted rank 0 leaves its own job's mark as it is; a new job replaces the file whole, so a rank
+    that opened the old mark still reads all of it (a file truncated in place would show it the new text,
+    or nothing)."""
+    run = tmp_path / "run"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    mark_elastic_job(run)
+    first = (run / JOB_FILE).stat()
+    mark_elastic_job(run)  # the same job restarted
+    again = (run / JOB_FILE).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    with open(run / JOB_FILE) as reader:
+        mark_elastic_job(run)
+        assert reader.read() == "job-a\n"
+    assert (run / JOB_FILE).read_text() == "job-b\n" and sorted(p.name for p in run.iterdir()) == [JOB_FILE]
 
 
 def test_launch_refuses_a_batch_that_does_not_split(shapes_store, tmp_path, capsys):

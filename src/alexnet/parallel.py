@@ -116,12 +116,22 @@ def elastic_resume(run_dir: Path) -> str | None:
 
 
 def mark_elastic_job(run_dir: Path) -> None:
-    """Record the torchrun job that owns `run_dir` (nothing outside torchrun)."""
+    """Record the torchrun job that owns `run_dir` (nothing outside torchrun).
+
+    Rank 0 marks while the other ranks of a restarted job read the mark (elastic_resume) to decide whether
+    to resume: a file truncated and rewritten in place could show them an empty mark, and a rank that then
+    started afresh beside one resuming would run different collectives. So the mark is left alone when it
+    already names this job (every restart), and otherwise replaced whole (a new file renamed over it)."""
     job = os.environ.get("TORCHELASTIC_RUN_ID")
     if not job:
         return
+    mark = run_dir / JOB_FILE
     try:
+        if mark.is_file() and mark.read_text().strip() == job:
+            return
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / JOB_FILE).write_text(job + "\n")
+        fresh = run_dir / f"{JOB_FILE}.{os.getpid()}"
+        fresh.write_text(job + "\n")
+        os.replace(fresh, mark)
     except OSError:
         pass  # an unwritable directory is reported when the run writes its config
