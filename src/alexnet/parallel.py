@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from alexnet.checkpoint import atomic_write_text
 from alexnet.errors import UserError
 
 
@@ -130,8 +131,6 @@ def mark_elastic_job(run_dir: Path) -> None:
         if mark.is_file() and mark.read_text().strip() == job:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        fresh = run_dir / f"{JOB_FILE}.{os.getpid()}"
-        fresh.write_text(job + "\n")
-        os.replace(fresh, mark)
+        atomic_write_text(job + "\n", mark)
     except OSError:
         pass  # an unwritable directory is reported when the run writes its config
