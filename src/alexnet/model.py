@@ -35,17 +35,82 @@ def pool_geometry(cfg: ModelConfig) -> tuple[int, int]:
     return (3, 2) if cfg.pooling == "overlap" else (2, 2)
 
 
-def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
-    """Side of the last conv block's output for a square input, from the layer formulas."""
+def pooled_size(side: int, window: int, stride: int, ceil: bool) -> int:
+    """Output side of a max-pool: floor as PyTorch and Caffe, or ceil as cuda-convnet (outputsX=0), whose last
+    window may hang over the edge (it is then taken over the pixels inside)."""
+    if ceil:
+        return -(-(side - window) // stride) + 1
+    return (side - window) // stride + 1
+
+
+def layer_sizes(cfg: ModelConfig, input_size: int) -> list[int]:
+    """Side of each conv layer's output (before its pooling) for a square input, from the layer formulas."""
+    sides = []
     side = input_size
     window, stride = pool_geometry(cfg)
     for k, s, p, pooled in zip(cfg.kernels, cfg.strides, cfg.pads, cfg.pool_after):
         side = (side + 2 * p - k) // s + 1
-        if pooled:
-            side = (side - window) // stride + 1
         if side < 1:
             raise ValueError(f"input of {input_size} pixels is too small for this network")
+        sides.append(side)
+        if pooled:
+            side = pooled_size(side, window, stride, cfg.pool_ceil)
+        if side < 1:
+            raise ValueError(f"input of {input_size} pixels is too small for this network")
+    return sides
+
+
+def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
+    """Side of the last conv block's output for a square input, from the layer formulas."""
+    side = layer_sizes(cfg, input_size)[-1]
+    if cfg.pool_after[-1]:
+        window, stride = pool_geometry(cfg)
+        side = pooled_size(side, window, stride, cfg.pool_ceil)
     return side
+
+
+class LocallyConnected2d(nn.Module):
+    """A convolution without weight sharing: every output position has its own filter bank and biases.
+
+    cuda-convnet's `local` layer (used by the paper's CIFAR-10 nets); PyTorch has none. For an input of
+    side `input_size` the output has side (input_size + 2 padding - k) // stride + 1 = S, and
+      weight: (S, S, out_channels, in_channels, k, k)   the filters at each output position (row, column)
+      bias:   (out_channels, S, S)                      one bias per output unit
+    out[n, o, y, x] = bias[o, y, x] + sum_{c,i,j} weight[y, x, o, c, i, j] * in_pad[n, c, y*stride + i, x*stride + j]
+
+    Computed as one batched matrix product over positions: the input's patches (F.unfold) times each
+    position's filters; autograd gives the backward pass.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,
+                 input_size: int) -> None:
+        super().__init__()
+        side = (input_size + 2 * padding - kernel_size) // stride + 1
+        if side < 1:
+            raise ValueError(f"input of {input_size} pixels is too small for a {kernel_size}x{kernel_size} kernel")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.input_size, self.output_size = input_size, side
+        self.weight = nn.Parameter(torch.empty(side, side, out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels, side, side))
+        nn.init.normal_(self.weight, 0.0, 0.01)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            raise ValueError(f"LocallyConnected2d built for {self.input_size}x{self.input_size} inputs, "
+                             f"got {x.shape[-2]}x{x.shape[-1]}")
+        side, positions = self.output_size, self.output_size * self.output_size
+        patches = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
+        # (L, N, C*k*k) @ (L, C*k*k, O): one small matrix product per output position
+        filters = self.weight.reshape(positions, self.out_channels, -1).transpose(1, 2)
+        out = torch.bmm(patches.permute(2, 0, 1), filters.to(patches.dtype))  # (L, N, O)
+        out = out.permute(1, 2, 0).reshape(n, self.out_channels, side, side)
+        return out + self.bias.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, input_size={self.input_size}")
 
 
 class TowerConv2d(nn.Conv2d):
@@ -105,10 +170,17 @@ class AlexNet(nn.Module):
 
         layers: list[nn.Module] = []
         in_ch = 3
+        sides = layer_sizes(cfg, input_size)
         for i, out_ch in enumerate(widths):
             groups = towers if cfg.split[i] else 1
-            layers.append(TowerConv2d(in_ch, out_ch, cfg.kernels[i], cfg.strides[i], cfg.pads[i], groups=groups,
-                                      tower_convs=cfg.tower_convs, towers=towers))
+            if cfg.local and cfg.local[i]:
+                before = sides[i - 1] if i else input_size
+                if i and cfg.pool_after[i - 1]:
+                    before = pooled_size(before, window, stride, cfg.pool_ceil)
+                layers.append(LocallyConnected2d(in_ch, out_ch, cfg.kernels[i], cfg.strides[i], cfg.pads[i], before))
+            else:
+                layers.append(TowerConv2d(in_ch, out_ch, cfg.kernels[i], cfg.strides[i], cfg.pads[i], groups=groups,
+                                          tower_convs=cfg.tower_convs, towers=towers))
             layers.append(_activation(cfg.activation))
             if cfg.lrn and cfg.lrn_after[i]:
                 layers.append(
@@ -117,7 +189,7 @@ class AlexNet(nn.Module):
                     )
                 )
             if cfg.pool_after[i]:
-                layers.append(nn.MaxPool2d(window, stride))
+                layers.append(nn.MaxPool2d(window, stride, ceil_mode=cfg.pool_ceil))
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
 
@@ -147,11 +219,13 @@ class AlexNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters_paper(self) -> None:
-        """Paper 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0."""
+        """Paper 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+        (model.init_stds gives each conv layer its own std, as cuda-convnet's initW.)"""
         cfg = self.cfg
-        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
-        for conv, one in zip(convs, cfg.bias_one):
-            nn.init.normal_(conv.weight, 0.0, cfg.init_std)
+        convs = [m for m in self.features if isinstance(m, (nn.Conv2d, LocallyConnected2d))]
+        stds = cfg.init_stds or [cfg.init_std] * len(convs)
+        for conv, one, std in zip(convs, cfg.bias_one, stds):
+            nn.init.normal_(conv.weight, 0.0, std)
             nn.init.constant_(conv.bias, 1.0 if one else 0.0)
         linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
         for j, linear in enumerate(linears):
@@ -164,8 +238,14 @@ class AlexNet(nn.Module):
         """He et al. 2015: weights N(0, gain^2 / fan_in), biases 0, so that small nets on unit-scale inputs
         keep their activations' scale through every layer (PyTorch's default init shrinks it ~6x per ReLU
         layer, which stalls the first epochs of a deep net). Not the paper's: an option for small presets."""
-        layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear, LocallyConnected2d))]
         for m in layers:
+            if isinstance(m, LocallyConnected2d):  # fan-in is one position's filter: in_channels x k x k
+                fan_in = m.in_channels * m.kernel_size ** 2
+                gain = nn.init.calculate_gain("relu" if self.cfg.activation == "relu" else "tanh")
+                nn.init.normal_(m.weight, 0.0, gain / fan_in ** 0.5)
+                nn.init.zeros_(m.bias)
+                continue
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu" if self.cfg.activation == "relu" else "tanh")
             nn.init.zeros_(m.bias)
 

@@ -57,16 +57,37 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-def param_groups_for(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Weights: full decay. Biases (1-d parameters): decay only if cfg.bias_decay, lr times bias_lr_mult.
+def weighted_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers with a weight matrix or kernel (conv, locally connected, linear), in the model's order."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.ndim >= 2]
 
-    Each group carries `lr_mult` so a schedule can set group lr = base lr * lr_mult.
+
+def param_groups_for(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Weights: full decay. Biases: decay only if cfg.bias_decay, lr times bias_lr_mult.
+
+    A bias is a parameter named `bias` (a locally connected layer's has one per output unit, so is not 1-d)
+    or any 1-d parameter. With cfg.layer_weight_decay each weighted layer's weights get their own decay
+    (cuda-convnet's per-layer `wc`), one group per distinct value. Each group carries `lr_mult` so a
+    schedule can set group lr = base lr * lr_mult.
     """
-    weights, biases = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (biases if p.ndim <= 1 else weights).append(p)
-    groups = [{"params": weights, "weight_decay": cfg.weight_decay, "lr_mult": 1.0, "name": "weights"}]
+    decay_of: dict[int, float] = {}
+    if cfg.layer_weight_decay:
+        for layer, wd in zip(weighted_layers(model), cfg.layer_weight_decay):
+            decay_of[id(layer.weight)] = wd
+    weights: dict[float, list[nn.Parameter]] = {}
+    biases = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.rsplit(".", 1)[-1] == "bias":
+            biases.append(p)
+        else:
+            weights.setdefault(decay_of.get(id(p), cfg.weight_decay), []).append(p)
+    if not weights:
+        weights[cfg.weight_decay] = []
+    groups = [{"params": params, "weight_decay": wd, "lr_mult": 1.0, "name": "weights" if i == 0 else f"weights-{i}"}
+              for i, (wd, params) in enumerate(weights.items())]
     if biases:
         groups.append({
             "params": biases,

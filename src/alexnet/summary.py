@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.model import AlexNet
+from alexnet.model import AlexNet, LocallyConnected2d
 
 
 def layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
@@ -15,6 +15,8 @@ def layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     if isinstance(module, nn.Conv2d):
         k = module.kernel_size[0] * module.kernel_size[1]
         return out[0].numel() * (module.in_channels // module.groups) * k
+    if isinstance(module, LocallyConnected2d):  # as a convolution: every output unit sees C x k x k inputs
+        return out[0].numel() * module.in_channels * module.kernel_size ** 2
     if isinstance(module, nn.Linear):
         return module.in_features * module.out_features
     return 0

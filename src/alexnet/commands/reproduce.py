@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "reproduce", help="re-measure the paper's claims: Figure 1 (ReLU vs tanh), ablations",
+        "reproduce", help="re-measure the paper's claims: Figure 1 (ReLU vs tanh), ablations, LRN on CIFAR-10",
         description="Re-measure the paper's claims. Runs are ordinary run directories under --out; "
                     "running the same command again continues or skips what is finished.")
     sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
@@ -59,6 +59,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the cifar preset")
     a.set_defaults(func=run_ablations)
 
+    lc = sub.add_parser(
+        "lrn-cifar", help="the paper's CIFAR-10 net with and without LRN (paper: 11%% and 13%% error)",
+        description="Train the cifar-convnet preset (cuda-convnet's layers-conv-local-11pct) with and without "
+                    "local response normalization for each seed; multiview (ten views) validation error. Writes "
+                    "OUT/lrn-cifar.md and OUT/results.json. Finished runs are skipped on a re-run.")
+    lc.add_argument("--data", required=True,
+                    help="a CIFAR-10 store (train + val/test splits), an image folder (prepared once), or cifar10")
+    lc.add_argument("--out", type=Path, default=Path("runs/lrn-cifar"), help="output folder (default runs/lrn-cifar)")
+    lc.add_argument("--schedule", choices=("short", "paper"), default="short",
+                    help="short: the preset's 40 epochs (an hour or less per run on 2 CPU cores); paper: the params "
+                         "file's methodology, about 470 epochs with a held-out phase (hours on a CPU, for a GPU)")
+    lc.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per net (default 2)")
+    lc.add_argument("--seed", type=int, metavar="K", help="train seed K only (for parallel processes)")
+    lc.add_argument("--only", choices=("lrn", "no_lrn"), help="train one of the two nets only (for parallel processes)")
+    lc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the cifar-convnet preset")
+    lc.set_defaults(func=run_lrn_cifar)
+
 
 def _store(data: str, out: Path, preset: str, overrides: dict):
     from alexnet.config import build_config
@@ -98,6 +115,28 @@ def run_figure1(args: argparse.Namespace) -> int:
         reproduce_figure1(store, args.out, opts)
     except Stopped as stop:
         return stop.status
+    return 0
+
+
+def run_lrn_cifar(args: argparse.Namespace) -> int:
+    from alexnet.config import parse_assignments
+    from alexnet.errors import UserError
+    from alexnet.reproduce.common import Stopped
+    from alexnet.reproduce.lrn_cifar import PRESET, reproduce_lrn_cifar
+
+    if args.seeds < 1:
+        raise UserError("--seeds must be positive")
+    if args.seed is not None and not 0 <= args.seed < args.seeds:
+        raise UserError(f"--seed {args.seed} is outside the seeds 0..{args.seeds - 1}: raise --seeds or lower --seed")
+    overrides = parse_assignments(args.overrides)
+    store = _store(args.data, args.out, PRESET, overrides)
+    try:
+        text, _ = reproduce_lrn_cifar(store, args.out, args.seeds, args.schedule, overrides, args.seed, args.only)
+    except Stopped as stop:
+        return stop.status
+    print()
+    print(text, end="")
+    print(f"table: {args.out / 'lrn-cifar.md'}, figures: {args.out / 'results.json'}")
     return 0
 
 
