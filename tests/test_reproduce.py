@@ -12,7 +12,15 @@ from PIL import Image
 from alexnet.config import PRESETS, parse_assignments
 from alexnet.data.store import open_store
 from alexnet.reproduce.ablations import VARIANTS, reproduce_ablations, variant_config
-from alexnet.reproduce.figure1 import Figure1Options, best_rate, crossing_epoch, reproduce_figure1
+from alexnet.reproduce.figure1 import (
+    Curve,
+    Figure1Options,
+    _config,
+    crossing_epoch,
+    fastest,
+    grid_extension,
+    reproduce_figure1,
+)
 
 # Tiny nets so that every run takes about a second on one core.
 FIGURE1_TINY = ["model.widths=[4,4,8]", "optim.batch_size=16", "train.threads=1"]
@@ -46,9 +54,38 @@ def test_crossing_epoch_hand_computed():
     assert k == 4 and math.isclose(x, 3 + (35 - 25) / (35 - 15))
 
 
-def test_best_rate_lowest_error_then_smaller_rate():
-    assert best_rate({0.1: 40.0, 0.01: 35.0, 0.001: 50.0}) == 0.01
-    assert best_rate({0.1: 30.0, 0.03: 30.0, 0.3: 100.0}) == 0.03
+def _curve(lr, crossing):
+    return Curve("relu", lr, [], [], None if crossing is None else math.ceil(crossing), crossing)
+
+
+def test_fastest_rate_fewest_epochs_then_smaller_rate():
+    curves = {0.001: _curve(0.001, 7.5), 0.003: _curve(0.003, 4.2), 0.01: _curve(0.01, None)}
+    assert fastest(curves) == 0.003
+    assert fastest({0.01: _curve(0.01, 3.0), 0.003: _curve(0.003, 3.0)}) == 0.003
+    assert fastest({0.01: _curve(0.01, None)}) is None
+
+
+def test_grid_grows_one_step_past_a_winning_edge():
+    used = {"low": 0, "high": 0}
+    # winner 0.01 at the top of 0.001, 0.003, 0.01: next 0.01 * (0.01 / 0.003)
+    assert grid_extension([0.001, 0.003, 0.01], 0.01, used, 2) == pytest.approx(0.01 * 0.01 / 0.003)
+    assert grid_extension([0.001, 0.003, 0.01], 0.001, used, 2) == pytest.approx(0.001 * 0.001 / 0.003)
+    assert grid_extension([0.001, 0.003, 0.01], 0.003, used, 2) is None  # inside: done
+    assert grid_extension([0.001, 0.003, 0.01], None, used, 2) is None  # nothing reached the target
+    used = {"low": 2, "high": 0}
+    assert grid_extension([0.001, 0.003], 0.001, used, 2) is None  # that side is spent
+
+
+def test_paper_setting_is_the_default_and_the_heuristic_an_option():
+    paper = _config("tanh", 0.001, 30, Figure1Options())
+    assert paper.model.init == "paper" and paper.model.init_std == 0.01 and paper.data.normalize == "mean-image"
+    assert paper.optim.schedule == "constant" and paper.optim.momentum == 0.9 and paper.optim.weight_decay == 0
+    assert paper.model.activation == "tanh" and paper.optim.lr == 0.001
+    drop = _config("relu", 0.01, 30, Figure1Options(lr_drop=True))
+    assert drop.optim.schedule == "plateau" and drop.optim.patience == 2 and drop.optim.min_improvement == 0.5
+    modern = _config("relu", 0.01, 30, Figure1Options(setting="modern"))
+    assert modern.data.normalize == "imagenet" and modern.model.init == "torchvision"
+    assert modern.optim.schedule == "plateau"
 
 
 def test_each_variant_removes_exactly_its_ingredient():
@@ -81,42 +118,61 @@ def test_milestones_scale_with_the_epoch_budget():
 
 def test_figure1_writes_its_plot_and_prints_the_ratio(store32, tmp_path):
     out = tmp_path / "f1"
-    # 1e6 makes the ReLU net's loss non-finite at once: that rate must lose the sweep
+    # 1e6 makes the ReLU net's loss non-finite at once: that rate diverges and cannot win
     proc = run_cli("reproduce", "figure1", "--data", str(store32), "--out", str(out), "--max-epochs", "2",
-                   "--target", "99", "--sweep", "0.01,1e6", "--sweep-epochs", "1", "--sweep-images", "64",
-                   "--holdout", "32", *FIGURE1_TINY)
+                   "--target", "99", "--sweep", "0.001,1e6", "--max-extend", "0", "--jobs", "2", *FIGURE1_TINY)
     assert proc.returncode == 0, proc.stderr
-    assert "sweep relu lr 1e+06: held-out top-1 error 100.00% (diverged)" in proc.stdout
-    assert "relu: training with lr 0.01 " in proc.stdout
+    assert "relu: lr 1e+06 diverged (non-finite loss)" in proc.stdout
+    assert "relu: chosen relu: lr 0.001, 99% training error after 1 epochs" in proc.stdout
     # every net is below 99% after one epoch, so each stops there and the ratio is 1
     for activation in ("relu", "tanh"):
-        (run_dir,) = out.glob(f"{activation}-lr*")  # the rate its sweep chose
-        records = epoch_records(run_dir)
+        records = epoch_records(out / f"{activation}-lr0.001")
         assert len(records) == 1 and records[0]["train_top1_error"] <= 99
     assert re.search(r"^ratio tanh/ReLU: 1\.0 in whole epochs, 1\.0 interpolated \(paper: 6\)$", proc.stdout, re.M)
+    table = (out / "figure1.md").read_text()
+    assert "| 1e+06 | diverged |" in table and "| 0.001 | **1 (1.00)** | **1 (1.00)** |" in table
     with Image.open(out / "figure1.png") as img:
         assert img.format == "PNG" and img.width > 300
 
 
-def test_figure1_reports_a_net_that_misses_the_target(store32, tmp_path):
+def test_figure1_grows_the_grid_and_reports_a_net_that_misses_the_target(store32, tmp_path):
     out = tmp_path / "f1"
-    opts = Figure1Options(target=0.5, max_epochs=2, rates=(0.01,), sweep_epochs=1, sweep_images=64, holdout=32,
-                          overrides=parse_assignments(FIGURE1_TINY))
+    # target 99%: every rate reaches it after one epoch, so the smallest wins each time and the grid grows
+    # downwards, one step (x 1/10) at a time, twice
+    opts = Figure1Options(target=99, max_epochs=1, rates=(0.001, 0.01), max_extend=2,
+                          overrides=parse_assignments(FIGURE1_TINY), activations=("relu",))
     store = open_store(store32)
-    # one activation alone (as two parallel processes would run them): its curve, no ratio, no figure
-    alone, no_ratio = reproduce_figure1(store, out, dataclasses.replace(opts, activations=("relu",)),
-                                        say=lambda line: None)
-    assert [c.activation for c in alone] == ["relu"] and no_ratio == "" and not (out / "figure1.png").exists()
-    relu_metrics = (out / "relu-lr0.01" / "metrics.jsonl").read_text()
     lines = []
-    curves, ratio = reproduce_figure1(store, out, opts, say=lines.append)
-    assert (out / "relu-lr0.01" / "metrics.jsonl").read_text() == relu_metrics  # the finished ReLU run was reused
-    errors = [r["train_top1_error"] for r in epoch_records(out / "relu-lr0.01")]
+    alone, no_ratio = reproduce_figure1(store, out, opts, say=lines.append)
+    assert sorted(p.name for p in out.glob("relu-lr*")) == ["relu-lr0.0001", "relu-lr0.001", "relu-lr0.01",
+                                                            "relu-lr1e-05"]
+    assert alone[0].lr == 1e-05 and no_ratio == "" and not (out / "figure1.png").exists()
+    # target 0.5%: nothing reaches it; each run ends at max_epochs and the report says so
+    out2 = tmp_path / "f2"
+    opts2 = dataclasses.replace(opts, target=0.5, max_epochs=2, rates=(0.01,), activations=("relu", "tanh"))
+    curves, ratio = reproduce_figure1(store, out2, opts2, say=lines.append)
+    errors = [r["train_top1_error"] for r in epoch_records(out2 / "relu-lr0.01")]
     assert len(errors) == 2 and min(errors) > 0.5  # 4 classes, 2 tiny epochs: nowhere near 0.5% error
     assert curves[0].errors == errors and curves[0].epochs_to_target is None
     assert f"relu: lr 0.01, did not reach 0.5% in 2 epochs (last {errors[-1]:.2f}%" in "\n".join(lines)
     assert ratio == "ReLU did not reach 0.5% within 2 epochs: no ratio"
-    assert (out / "figure1.png").is_file()
+    assert (out2 / "figure1.png").is_file()
+    # a second call reuses the finished runs (nothing retrained)
+    stamp = (out2 / "relu-lr0.01" / "metrics.jsonl").stat().st_mtime_ns
+    reproduce_figure1(store, out2, opts2, say=lines.append)
+    assert (out2 / "relu-lr0.01" / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_figure1_rate_drop_heuristic_divides_the_rate_on_a_stall(store32, tmp_path):
+    # target 0.5% is out of reach; with patience 2 and 0.5 points, a run of 5 epochs at a tiny rate stalls
+    opts = Figure1Options(target=0.5, max_epochs=5, rates=(1e-7,), max_extend=0, lr_drop=True,
+                          overrides=parse_assignments(FIGURE1_TINY), activations=("relu",))
+    reproduce_figure1(open_store(store32), tmp_path, opts, say=lambda line: None)
+    rates = [r["lr"] for r in epoch_records(tmp_path / "relu-lr1e-07")]
+    assert rates[0] == pytest.approx(1e-7) and rates[-1] < rates[0]
+    constant = dataclasses.replace(opts, lr_drop=False)
+    reproduce_figure1(open_store(store32), tmp_path / "c", constant, say=lambda line: None)
+    assert [r["lr"] for r in epoch_records(tmp_path / "c" / "relu-lr1e-07")] == pytest.approx([1e-7] * 5)
 
 
 def test_ablations_table_has_every_variant_and_a_rerun_skips_finished_runs(store32, tmp_path):
@@ -172,7 +228,7 @@ def test_ablations_mean_and_std_over_seeds(store32, tmp_path):
     (["ablations", "--seeds", "0"], "--seeds and --epochs must be positive"),
     (["ablations", "--train-images", "-5"], "--train-images at least 0"),
     (["ablations", "--seeds", "2", "--seed", "2"], "--seed 2 is outside the seeds 0..1"),
-    (["figure1", "--sweep-images", "1000"], "the sweep needs 1000 + 5000 training images"),
+    (["figure1", "--jobs", "0"], "--max-epochs and --jobs must be positive"),
     (["figure1", "--target", "120"], "--target is a training error in percent"),
     (["figure1", "--sweep", "0.01,fast"], "--sweep 0.01,fast: give learning rates separated by commas"),
     (["figure1", "model.no_such_key=1"], "unknown config key"),

@@ -16,26 +16,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     f = sub.add_parser(
         "figure1", help="epochs to 25%% training error, ReLU against tanh (paper: 6x faster)",
-        description="Train the four-layer net of Figure 1 (preset figure1) with ReLU and with tanh, each with "
-                    "the learning rate its sweep picks (short runs on part of the training split, scored on "
-                    "another held-out part of it), until the target training error or --max-epochs. Prints "
-                    "the epochs and wall time to the target and their ratio; writes OUT/figure1.png.")
+        description="Train the four-layer net of Figure 1 (preset figure1) with ReLU and with tanh at every rate "
+                    "of a log grid, each on the whole training split until the target training error or "
+                    "--max-epochs; each activation's rate is the one that gets there in the fewest epochs (the "
+                    "grid grows past an edge that wins). Prints the rate table and the ratio; writes "
+                    "OUT/figure1.md and OUT/figure1.png.")
     f.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
     f.add_argument("--out", type=Path, default=Path("runs/figure1"), help="output folder (default runs/figure1)")
-    f.add_argument("--max-epochs", type=int, default=60, help="epochs at most for each net (default 60)")
+    f.add_argument("--setting", choices=("paper", "modern"), default="paper",
+                   help="paper: mean-subtracted pixels, N(0, 0.01^2) weights, constant rate (default); modern: "
+                        "unit-scaled inputs, PyTorch's init, the rate-drop heuristic")
+    f.add_argument("--lr-drop", action="store_true",
+                   help="divide the rate by 10 when the training error stalls (the paper's heuristic)")
+    f.add_argument("--max-epochs", type=int, default=60, help="epochs at most for each run (default 60)")
     f.add_argument("--target", type=float, default=25.0,
                    help="training error to reach, %% (default 25; another target needs another --out)")
     f.add_argument("--sweep", metavar="LR1,LR2",
-                   help="candidate learning rates, comma-separated (default 0.003,0.01,0.03,0.1,0.3)")
-    f.add_argument("--sweep-epochs", type=int, default=2, help="epochs of each sweep run (default 2)")
-    f.add_argument("--sweep-images", type=int, default=10_000,
-                   help="training images each sweep run trains on (default 10000)")
-    f.add_argument("--holdout", type=int, default=5_000,
-                   help="other training images the sweep scores on (default 5000)")
+                   help="the grid of rates, comma-separated (default 0.0003,0.001,0.003,0.01; modern: "
+                        "0.003,0.01,0.03,0.1)")
+    f.add_argument("--max-extend", type=int, default=2,
+                   help="grid steps added past an edge whose rate is fastest, per side (default 2)")
+    f.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process on one core")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--only", choices=("relu", "tanh"),
                    help="train one activation only (to run the two in parallel processes); the ratio and the "
-                        "figure come from a run without --only, which reuses both finished runs")
+                        "figure come from a run without --only, which reuses both finished grids")
     f.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the figure1 preset")
     f.set_defaults(func=run_figure1)
 
@@ -93,9 +98,9 @@ def run_figure1(args: argparse.Namespace) -> int:
     from alexnet.reproduce.common import Stopped
     from alexnet.reproduce.figure1 import DEFAULT_RATES, Figure1Options, reproduce_figure1
 
-    if args.max_epochs < 1 or args.sweep_epochs < 1 or args.sweep_images < 1 or args.holdout < 1:
-        raise UserError("--max-epochs, --sweep-epochs, --sweep-images and --holdout must be positive")
-    rates = DEFAULT_RATES
+    if args.max_epochs < 1 or args.jobs < 1 or args.max_extend < 0:
+        raise UserError("--max-epochs and --jobs must be positive, --max-extend at least 0")
+    rates = DEFAULT_RATES[args.setting]
     if args.sweep is not None:
         try:
             rates = tuple(float(r) for r in args.sweep.split(","))
@@ -107,9 +112,9 @@ def run_figure1(args: argparse.Namespace) -> int:
         raise UserError("--target is a training error in percent: give a number between 0 and 100")
     overrides = parse_assignments(args.overrides)
     store = _store(args.data, args.out, "figure1", overrides)
-    opts = Figure1Options(target=args.target, max_epochs=args.max_epochs,
-                          rates=rates, sweep_epochs=args.sweep_epochs,
-                          sweep_images=args.sweep_images, holdout=args.holdout, seed=args.seed, overrides=overrides,
+    opts = Figure1Options(target=args.target, max_epochs=args.max_epochs, rates=tuple(sorted(set(rates))),
+                          setting=args.setting, lr_drop=args.lr_drop, max_extend=args.max_extend, jobs=args.jobs,
+                          seed=args.seed, overrides=overrides,
                           activations=(args.only,) if args.only else ("relu", "tanh"))
     try:
         reproduce_figure1(store, args.out, opts)

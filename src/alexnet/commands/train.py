@@ -12,13 +12,15 @@ import os
 import sys
 from pathlib import Path
 
+from alexnet.config import PRESETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a network",
         description="Train a preset. Extra key=value arguments override config keys (lr=0.02 model.lrn=false).",
     )
-    p.add_argument("--preset", default="paper", help="paper | one-tower | cifar | figure1 | demo (default paper)")
+    p.add_argument("--preset", default="paper", help=" | ".join(PRESETS) + " (default paper)")
     p.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
     p.add_argument("--out", required=True, type=Path, help="run directory (config, metrics, checkpoints)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")

@@ -1,22 +1,27 @@
 """Figure 1 of the paper: the four-layer CIFAR-10 net reaches 25% training error six times faster with ReLU
-than with tanh, each with the learning rate that trains it fastest and no regularisation.
+than with tanh, the learning rate of each "chosen independently to make training as fast as possible", and no
+regularisation.
 
-What is measured:
-- Training error: the running error of the epoch, i.e. the share of training images misclassified at the
-  moment their batch was trained on (what cuda-convnet printed and plotted, and what train.py logs as
-  train_top1_error). The `figure1` preset has no dropout and no augmentation, so the net in training mode
-  is the net in evaluation mode; the running error only lags the end-of-epoch error a little, equally for
-  both activations. It costs nothing, where a second pass over 45,000 images would cost a third of an epoch.
-- Learning rates: for each activation, every candidate rate trains for `sweep_epochs` on a random
-  `sweep_images` of the training split and is scored by its top-1 error on a disjoint random `holdout` of
-  the training split (never the val split); the lowest error wins, a diverging rate loses.
-- Schedule: the `figure1` preset divides the rate by 10 when the training error stops improving (the
-  paper's heuristic), the same rule for both nets.
-- Epochs to the target: the first epoch whose training error is at or below it, and the crossing
-  interpolated linearly between the two epochs around it. Both runs stop there, or at `max_epochs`.
+The protocol (the paper's, as the default `--setting paper`):
+- Inputs and initialisation as in the paper's code: pixel values minus the mean image, not scaled; weights
+  N(0, 0.01^2), biases 0; momentum 0.9, no weight decay, a constant rate (the `figure1` preset). With
+  `lr_drop` the rate is divided by 10 when the training error has not improved by 0.5 points for 2 epochs
+  (the paper's heuristic, on training error, since nothing else is measured), the same rule for both nets.
+- Rate selection by what the paper optimised: every rate of a log grid trains on the whole training split
+  until the target training error (or `max_epochs`), and the rate that reaches it in the fewest epochs
+  (interpolated) wins. When the winner is at an edge of the grid, the grid grows by one step past that edge
+  (at most `max_extend` times a side), so the chosen rate has slower rates on both sides of it.
+- Training error: the running error of the epoch, the share of training images misclassified at the moment
+  their batch was trained on (what cuda-convnet printed and plotted; train.py's train_top1_error). The net
+  has no dropout and no augmentation, so it is the same net in training and evaluation mode.
+- Epochs to the target: the first epoch at or below it, and the crossing interpolated between the epochs
+  around it.
 
-Runs: OUT/sweep/<activation>-lr<rate> for the sweep, OUT/<activation>-lr<rate> for the chosen rate, each an
-ordinary run directory continued (--resume auto) or reused when the command is run again.
+`--setting modern` keeps the earlier measurement's inputs: scaled to unit variance, PyTorch's default init and
+the rate-drop heuristic, with the same rate selection.
+
+Runs: OUT/<activation>-lr<rate>, ordinary run directories continued (--resume auto) or reused when the
+command is run again; several run at once in separate processes with `jobs`.
 """
 
 from __future__ import annotations
@@ -24,28 +29,38 @@ from __future__ import annotations
 import functools
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from alexnet.config import Config, build_config
 from alexnet.errors import UserError
-from alexnet.reproduce.common import StoreView, disjoint_samples, finished_epochs, fit, take
+from alexnet.reproduce.common import StoreView, finished_epochs, fit
 from alexnet.train import Run
 
 ACTIVATIONS = ("relu", "tanh")
 PAPER_RATIO = 6.0  # Figure 1: ReLU reaches 25% training error six times faster than tanh
-DEFAULT_RATES = (0.003, 0.01, 0.03, 0.1, 0.3)  # half-decades around the preset's rate (inputs are unit-scaled)
+# settings: overrides of the figure1 preset (which is the paper's) and each one's default grid of rates
+SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "modern": {"data.normalize": "imagenet", "model.init": "torchvision", "optim.schedule": "plateau",
+               "optim.patience": 2, "optim.min_improvement": 0.5},
+}
+DEFAULT_RATES = {"paper": (0.0003, 0.001, 0.003, 0.01), "modern": (0.003, 0.01, 0.03, 0.1)}
+LR_DROP = {"optim.schedule": "plateau", "optim.patience": 2, "optim.min_improvement": 0.5}
 
 
 @dataclass
 class Figure1Options:
     target: float = 25.0  # training error (%) both nets must reach
     max_epochs: int = 60
-    rates: tuple[float, ...] = DEFAULT_RATES
-    sweep_epochs: int = 2
-    sweep_images: int = 10_000  # training images of each sweep run
-    holdout: int = 5_000  # training images held out to score the rates
+    rates: tuple[float, ...] = DEFAULT_RATES["paper"]
+    setting: str = "paper"
+    lr_drop: bool = False  # the rate-drop heuristic (always on in the modern setting)
+    max_extend: int = 2  # grid steps added past an edge that wins, per side
+    jobs: int = 1  # runs at once, each in its own process
     seed: int = 0
     activations: tuple[str, ...] = ACTIVATIONS  # both for the ratio; one alone to run it in its own process
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys on top of the figure1 preset
@@ -53,7 +68,7 @@ class Figure1Options:
 
 @dataclass
 class Curve:
-    """One activation's result."""
+    """One (activation, rate) run's result."""
 
     activation: str
     lr: float
@@ -61,6 +76,7 @@ class Curve:
     seconds: list[float]  # wall time of each epoch
     epochs_to_target: int | None  # first epoch (1-based) at or below the target; None: never reached
     crossing: float | None  # the same, interpolated between epochs
+    diverged: bool = False
 
 
 def crossing_epoch(errors: list[float], target: float) -> tuple[int | None, float | None]:
@@ -79,21 +95,14 @@ def crossing_epoch(errors: list[float], target: float) -> tuple[int | None, floa
 
 
 def _config(activation: str, lr: float, epochs: int, opts: Figure1Options) -> Config:
-    overrides = {**opts.overrides, "model.activation": activation, "optim.lr": lr, "train.epochs": epochs,
-                 "train.seed": opts.seed}
+    overrides = {**SETTINGS[opts.setting], **(LR_DROP if opts.lr_drop else {}), **opts.overrides,
+                 "model.activation": activation, "optim.lr": lr, "train.epochs": epochs, "train.seed": opts.seed}
     return build_config("figure1", None, overrides)
 
 
-class _FigureRun(Run):
-    """A run without its per-epoch curves.png: the reproduction draws its own figure, and redrawing a
-    matplotlib figure after every epoch costs about as much as a sweep epoch itself."""
-
-    def plot_curves(self) -> None:
-        pass
-
-
-class _StopAtTarget(_FigureRun):
-    """A run that stops after the epoch whose training error reaches the target.
+class _StopAtTarget(Run):
+    """A run that stops after the epoch whose training error reaches the target, and draws no per-epoch
+    curves.png (the reproduction draws its own figure).
 
     The stop is the schedule's own flag, set before the epoch's checkpoint is written, so a finished run
     resumed later stays finished.
@@ -103,64 +112,121 @@ class _StopAtTarget(_FigureRun):
         super().__init__(*args, **kwargs)
         self.target = target
 
+    def plot_curves(self) -> None:
+        pass
+
     def log(self, record: dict[str, Any]) -> None:
         super().log(record)
         if record.get("kind") == "epoch" and record["train_top1_error"] <= self.target:
             self.schedule.should_stop = True
 
 
-def _fit(cfg: Config, view: StoreView, run_dir: Path, target: float | None = None) -> None:
-    if target is None:
-        fit(cfg, view, run_dir, _FigureRun)
-    else:
-        fit(cfg, view, run_dir, functools.partial(_StopAtTarget, target=target))
-
-
-def sweep(store: Any, activation: str, out: Path, opts: Figure1Options, say=print) -> dict[float, float]:
-    """Held-out top-1 error (%) of each candidate rate after the short run; 100 for a rate that diverged."""
-    train = store.split("train")
-    n = len(train)
-    if opts.sweep_images + opts.holdout > n:
-        raise UserError(f"the sweep needs {opts.sweep_images} + {opts.holdout} training images, the store has {n}: "
-                        "lower --sweep-images or --holdout")
-    fit_index, held_index = disjoint_samples(n, [opts.sweep_images, opts.holdout], opts.seed)
-    view = StoreView(store, {"train": take(train, fit_index), "val": take(train, held_index)})
-    scores: dict[float, float] = {}
-    for lr in opts.rates:
-        run_dir = out / "sweep" / f"{activation}-lr{lr:g}"
-        failed = run_dir / "diverged.txt"
-        if failed.is_file():
-            scores[lr] = 100.0
-        else:
-            try:
-                _fit(_config(activation, lr, opts.sweep_epochs, opts), view, run_dir)
-                records = finished_epochs(run_dir)
-                scores[lr] = records[-1]["val_top1_error"]
-            except UserError as exc:
-                if "non-finite" not in str(exc):
-                    raise
-                run_dir.mkdir(parents=True, exist_ok=True)
-                failed.write_text(f"{exc}\n")
-                scores[lr] = 100.0
-        say(f"  sweep {activation} lr {lr:g}: held-out top-1 error {scores[lr]:.2f}%"
-            + (" (diverged)" if failed.is_file() else ""))
-    return scores
-
-
-def best_rate(scores: dict[float, float]) -> float:
-    """The rate with the lowest held-out error; ties go to the smaller rate (the safer one)."""
-    return min(scores, key=lambda lr: (scores[lr], lr))
+def run_dir_for(out: Path, activation: str, lr: float) -> Path:
+    return out / f"{activation}-lr{lr:g}"
 
 
 def train_to_target(store: Any, activation: str, lr: float, out: Path, opts: Figure1Options) -> Curve:
-    """Train on the whole training split until the target training error or max_epochs."""
-    run_dir = out / f"{activation}-lr{lr:g}"  # another rate (a wider sweep) is another run
-    view = StoreView(store, {"train": store.split("train")})  # no val split: nothing but training is timed
-    _fit(_config(activation, lr, opts.max_epochs, opts), view, run_dir, opts.target)
+    """Train on the whole training split until the target training error or max_epochs; a rate whose loss
+    turns non-finite is recorded as diverged (it never reaches the target)."""
+    run_dir = run_dir_for(out, activation, lr)
+    failed = run_dir / "diverged.txt"
+    if not failed.is_file():
+        view = StoreView(store, {"train": store.split("train")})  # no val split: nothing but training is timed
+        try:
+            fit(_config(activation, lr, opts.max_epochs, opts), view, run_dir,
+                functools.partial(_StopAtTarget, target=opts.target))
+        except UserError as exc:
+            if "non-finite" not in str(exc):
+                raise
+            run_dir.mkdir(parents=True, exist_ok=True)
+            failed.write_text(f"{exc}\n")
     records = finished_epochs(run_dir)
     errors = [r["train_top1_error"] for r in records]
-    k, crossing = crossing_epoch(errors, opts.target)
-    return Curve(activation, lr, errors, [r["epoch_time"] for r in records], k, crossing)
+    k, crossing = crossing_epoch(errors, opts.target) if not failed.is_file() else (None, None)
+    return Curve(activation, lr, errors, [r["epoch_time"] for r in records], k, crossing, failed.is_file())
+
+
+def _train_in_process(store_root: str, activation: str, lr: float, out: Path, opts: Figure1Options) -> Curve:
+    import torch
+
+    from alexnet.data.store import open_store
+
+    torch.set_num_threads(1)  # one run per core
+    return train_to_target(open_store(store_root), activation, lr, out, opts)
+
+
+def fastest(curves: dict[float, Curve]) -> float | None:
+    """The rate that reached the target in the fewest (interpolated) epochs; ties go to the smaller rate.
+    None when no rate reached it."""
+    reached = [lr for lr, c in curves.items() if c.crossing is not None]
+    if not reached:
+        return None
+    return min(reached, key=lambda lr: (curves[lr].crossing, lr))
+
+
+def grid_extension(rates: list[float], best: float | None, extended: dict[str, int], max_extend: int) -> float | None:
+    """The next rate to try when the winner sits at an edge of the grid: one grid step past it (the step is
+    the ratio of the two rates nearest that edge); None when the winner is inside, or the edge is spent."""
+    if best is None or len(rates) < 2:
+        return None
+    rates = sorted(rates)
+    if best == rates[0] and extended["low"] < max_extend:
+        extended["low"] += 1
+        return rates[0] * rates[0] / rates[1]
+    if best == rates[-1] and extended["high"] < max_extend:
+        extended["high"] += 1
+        return rates[-1] * rates[-1] / rates[-2]
+    return None
+
+
+def _run_all(store: Any, pairs: list[tuple[str, float]], out: Path, opts: Figure1Options) -> list[Curve]:
+    if opts.jobs <= 1 or len(pairs) == 1:
+        return [train_to_target(store, a, lr, out, opts) for a, lr in pairs]
+    with ProcessPoolExecutor(min(opts.jobs, len(pairs)), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_train_in_process, str(store.root), a, lr, out, opts) for a, lr in pairs]
+        return [f.result() for f in futures]
+
+
+def choose_rates(store: Any, out: Path, opts: Figure1Options, say=print) -> dict[str, dict[float, Curve]]:
+    """Every activation's grid, grown past a winning edge, each rate trained to the target."""
+    grids: dict[str, dict[float, Curve]] = {a: {} for a in opts.activations}
+    pending = [(a, lr) for a in opts.activations for lr in opts.rates]
+    extended = {a: {"low": 0, "high": 0} for a in opts.activations}
+    while pending:
+        for curve in _run_all(store, pending, out, opts):
+            grids[curve.activation][curve.lr] = curve
+            say("  " + curve_line(curve, opts.target))
+        pending = []
+        for a in opts.activations:
+            more = grid_extension(list(grids[a]), fastest(grids[a]), extended[a], opts.max_extend)
+            if more is not None:
+                say(f"{a}: the fastest rate is at the edge of the grid: trying lr {more:.3g} as well")
+                pending.append((a, float(f"{more:.3g}")))
+    return grids
+
+
+def rate_table(grids: dict[str, dict[float, Curve]], target: float) -> str:
+    """Markdown: one row per rate, epochs to the target for each activation (interpolated in brackets)."""
+    rates = sorted({lr for g in grids.values() for lr in g})
+    names = list(grids)
+    rows = ["| learning rate | " + " | ".join(f"{a}: epochs to {target:g}%" for a in names) + " |",
+            "|---|" + "---|" * len(names)]
+    for lr in rates:
+        cells = []
+        for a in names:
+            c = grids[a].get(lr)
+            if c is None:
+                cells.append("-")
+            elif c.diverged:
+                cells.append("diverged")
+            elif c.epochs_to_target is None:
+                cells.append(f"not in {len(c.errors)} ({c.errors[-1]:.1f}% at the end)")
+            else:
+                best = fastest(grids[a]) == lr
+                text = f"{c.epochs_to_target} ({c.crossing:.2f})"
+                cells.append(f"**{text}**" if best else text)
+        rows.append(f"| {lr:g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def ratio_line(relu: Curve, tanh: Curve, target: float) -> str:
@@ -177,6 +243,8 @@ def ratio_line(relu: Curve, tanh: Curve, target: float) -> str:
 
 
 def curve_line(c: Curve, target: float) -> str:
+    if c.diverged:
+        return f"{c.activation}: lr {c.lr:g} diverged (non-finite loss)"
     if c.epochs_to_target is None:
         return (f"{c.activation}: lr {c.lr:g}, did not reach {target:g}% in {len(c.errors)} epochs "
                 f"(last {c.errors[-1]:.2f}%, {sum(c.seconds):.0f} s)")
@@ -211,23 +279,28 @@ def plot(curves: list[Curve], target: float, path: Path) -> Path:
 
 
 def reproduce_figure1(store: Any, out: Path, opts: Figure1Options, say=print) -> tuple[list[Curve], str]:
-    """Sweep, train both nets, plot; returns the curves and the ratio line."""
+    """Choose each activation's rate, plot the two fastest curves; returns them and the ratio line. Writes
+    OUT/figure1.md (the rate table and the ratio) and OUT/figure1.png when both activations ran."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    drop = "with the rate-drop heuristic" if opts.lr_drop or opts.setting == "modern" else "at a constant rate"
+    say(f"setting {opts.setting}, {drop}: every rate of {', '.join(f'{r:g}' for r in opts.rates)} trained until "
+        f"{opts.target:g}% training error (at most {opts.max_epochs} epochs)")
+    grids = choose_rates(store, out, opts, say)
     curves = []
-    for activation in opts.activations:
-        say(f"{activation}: learning-rate sweep ({opts.sweep_epochs} epochs on {opts.sweep_images} training "
-            f"images, scored on {opts.holdout} other training images)")
-        lr = best_rate(sweep(store, activation, out, opts, say))
-        say(f"{activation}: training with lr {lr:g} until {opts.target:g}% training error "
-            f"(at most {opts.max_epochs} epochs)")
-        curves.append(train_to_target(store, activation, lr, out, opts))
-    for c in curves:
-        say(curve_line(c, opts.target))
+    for a, grid in grids.items():
+        best = fastest(grid)
+        chosen = grid[best] if best is not None else min(grid.values(), key=lambda c: (c.errors or [100])[-1])
+        curves.append(chosen)
+        say(f"{a}: chosen {curve_line(chosen, opts.target)}")
+    table = rate_table(grids, opts.target)
     if len(curves) < len(ACTIVATIONS):
         return curves, ""  # one activation alone: no ratio, no figure (run both to get them)
     figure = plot(curves, opts.target, out / "figure1.png")
     ratio = ratio_line(curves[0], curves[1], opts.target)
+    (out / "figure1.md").write_text(f"Setting {opts.setting}, {drop}; epochs to {opts.target:g}% training error "
+                                    f"(interpolated in brackets), fastest rate in bold.\n\n{table}\n\n{ratio}\n")
+    say(table)
     say(ratio)
     say(f"figure: {figure}   ({time.perf_counter() - start:.0f} s in all)")
     return curves, ratio
