@@ -416,16 +416,22 @@ def test_store_changed_under_a_running_run_stops_it_and_its_resume(shapes_store,
 
 
 # --------------------------------------------------------------------------------------------- checkpoint files
+def weights_only_state(value: torch.Tensor) -> dict:
+    """The smallest dict that is a checkpoint an inference command can read: weights, classes, statistics."""
+    return {"config": {}, "model": {"weights": value}, "classes": ["a", "b"], "class_names": ["a", "b"],
+            "mean": torch.zeros(2, 2, 3), "pca_eigenvalues": torch.ones(3), "pca_eigenvectors": torch.eye(3)}
+
+
 def test_newest_valid_falls_back_past_garbage_and_refuses_when_nothing_loads(tmp_path, capsys):
     manager = CheckpointManager(tmp_path / "run", keep_last=3)
     for step in (10, 20, 30):
-        manager.save({"weights": torch.full((3,), float(step))}, step, is_best=step == 20)
+        manager.save(weights_only_state(torch.full((3,), float(step))), step, is_best=step == 20)
     assert [p.name for p in manager.numbered()] == ["step-000000030.pt", "step-000000020.pt", "step-000000010.pt"]
     assert os.path.samefile(tmp_path / "run" / "last.pt", manager.numbered()[0])
     assert os.path.samefile(tmp_path / "run" / "best.pt", manager.numbered()[1])
     manager.numbered()[0].write_bytes(os.urandom(5000))  # garbage in the newest
     path, ckpt = manager.newest_valid()
-    assert path.name == "step-000000020.pt" and torch.equal(ckpt["weights"], torch.full((3,), 20.0))
+    assert path.name == "step-000000020.pt" and torch.equal(ckpt["model"]["weights"], torch.full((3,), 20.0))
     assert "step-000000030.pt is not a readable alexnet checkpoint" in capsys.readouterr().err
     for p in manager.numbered():
         p.write_bytes(b"")
@@ -433,13 +439,32 @@ def test_newest_valid_falls_back_past_garbage_and_refuses_when_nothing_loads(tmp
         manager.newest_valid()
 
 
+def test_a_bit_flipped_in_a_saved_tensor_is_caught_by_the_checksum(tmp_path, capsys):
+    manager = CheckpointManager(tmp_path / "run", keep_last=3)
+    values = torch.arange(1000, dtype=torch.float32)
+    for step in (1, 2):
+        manager.save(weights_only_state(values + step), step, is_best=False)
+    newest = manager.numbered()[0]
+    raw = bytearray(newest.read_bytes())
+    at = raw.find((values + 2).numpy().tobytes()[400:440])  # torch.save stores tensor bytes as they are
+    assert at > 0
+    raw[at + 3] ^= 0x10  # one bit of one float
+    newest.write_bytes(bytes(raw))
+    assert torch.load(newest, weights_only=True)["model"]["weights"][100] != values[100] + 2  # torch loads it as is
+    with pytest.raises(UserError, match="do not match the checksum recorded when it was saved"):
+        load_checkpoint(newest)
+    path, ckpt = manager.newest_valid()  # --resume auto goes back to the intact one
+    assert path.name == "step-000000001.pt" and torch.equal(ckpt["model"]["weights"], values + 1)
+    assert "step-000000002.pt is damaged" in capsys.readouterr().err
+
+
 def test_keep_last_prunes_old_saves_but_best_survives_as_a_link(tmp_path):
     manager = CheckpointManager(tmp_path / "run", keep_last=2)
     for step in range(1, 6):
-        manager.save({"weights": torch.full((2,), float(step))}, step, is_best=step == 2)
+        manager.save(weights_only_state(torch.full((2,), float(step))), step, is_best=step == 2)
     assert [p.name for p in manager.numbered()] == ["step-000000005.pt", "step-000000004.pt"]
-    assert torch.equal(load_checkpoint(tmp_path / "run" / "best.pt", "cpu")["weights"], torch.full((2,), 2.0))
-    assert torch.equal(load_checkpoint(tmp_path / "run" / "last.pt", "cpu")["weights"], torch.full((2,), 5.0))
+    assert torch.equal(load_checkpoint(tmp_path / "run" / "best.pt", "cpu")["model"]["weights"], torch.full((2,), 2.0))
+    assert torch.equal(load_checkpoint(tmp_path / "run" / "last.pt", "cpu")["model"]["weights"], torch.full((2,), 5.0))
 
 
 def test_a_failed_atomic_save_leaves_the_old_file_and_no_temporary(tmp_path):

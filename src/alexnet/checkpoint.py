@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
+import math
 import os
 import re
 import shutil
@@ -172,7 +174,94 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path} is not a readable alexnet checkpoint: {_why_unreadable(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an alexnet checkpoint (no '{FORMAT}' marker)")
+    check_contents(ckpt, path)
     return ckpt
+
+
+# ------------------------------------------------------------------------------------ content checks
+
+def content_checksum(state: dict[str, Any]) -> str:
+    """BLAKE2b over every tensor of the weights and of the optimizer state, with their names, shapes and
+    dtypes: a bit flipped on disk in any tensor changes it (torch.load itself checks nothing)."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                add(f"{name}.{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                add(f"{name}[{i}]", v)
+
+    add("model", state.get("model", {}))
+    add("optimizer", state.get("optimizer", {}).get("state", {}) if isinstance(state.get("optimizer"), dict) else {})
+    for key in ("mean", "pca_eigenvalues", "pca_eigenvectors"):
+        add(key, state.get(key))
+    return "blake2b:" + digest.hexdigest()
+
+
+def with_checksum(state: dict[str, Any]) -> dict[str, Any]:
+    return dict(state, format=FORMAT, checksum=content_checksum(state))
+
+
+def check_contents(ckpt: dict[str, Any], path: str | Path) -> None:
+    """The fields every reader uses, with the types and shapes it assumes, and the recorded checksum (a
+    checkpoint written before checksums were recorded has none and is accepted); UserError naming the field.
+    A training checkpoint also carries optimizer, schedule and run state, checked when present."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path} is damaged: {what}; use another checkpoint (RUN/checkpoints/) or a backup copy")
+
+    def finite(t: Any, shape: tuple[int, ...] | None, name: str) -> None:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise bad(f"'{name}' is not a float tensor")
+        if shape is not None and tuple(t.shape) != shape:
+            raise bad(f"'{name}' has shape {tuple(t.shape)}, not {shape}")
+        if not torch.isfinite(t).all():
+            raise bad(f"'{name}' holds values that are not finite")
+
+    for key, kind in (("config", dict), ("model", dict), ("classes", list), ("class_names", list)):
+        if not isinstance(ckpt.get(key), kind):
+            raise bad(f"'{key}' is missing or not a {kind.__name__}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise bad("'model' is not a mapping of names to tensors")
+    classes, names = ckpt["classes"], ckpt["class_names"]
+    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise bad("'classes' is not a list of distinct class ids")
+    if len(names) != len(classes) or not all(isinstance(n, str) for n in names):
+        raise bad(f"'class_names' has {len(names)} entries for {len(classes)} classes")
+    mean = ckpt.get("mean")
+    finite(mean, None, "mean")
+    if mean.dim() != 3 or mean.shape[2] != 3 or mean.shape[0] != mean.shape[1]:
+        raise bad(f"'mean' has shape {tuple(mean.shape)}, not (S, S, 3)")
+    finite(ckpt.get("pca_eigenvalues"), (3,), "pca_eigenvalues")
+    finite(ckpt.get("pca_eigenvectors"), (3, 3), "pca_eigenvectors")
+    if "optimizer" in ckpt:
+        opt = ckpt["optimizer"]
+        groups = opt.get("param_groups") if isinstance(opt, dict) else None
+        if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(groups, list)
+                and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+            raise bad("'optimizer' is not an optimizer state (state, param_groups)")
+        sched = ckpt.get("schedule")
+        numbers = ("lr", "best")
+        if not (isinstance(sched, dict) and all(isinstance(sched.get(k), (int, float)) for k in numbers)
+                and isinstance(sched.get("bad_epochs"), int) and isinstance(sched.get("drops_done"), int)
+                and isinstance(sched.get("should_stop"), bool) and isinstance(sched.get("history"), list)
+                and math.isfinite(sched["lr"]) and sched["lr"] > 0):
+            raise bad("'schedule' is not a schedule state")
+        run = ckpt.get("run")
+        ints = ("epoch", "step_in_epoch", "global_step", "nonfinite_in_row", "nonfinite_skipped")
+        if not (isinstance(run, dict) and set(run) == set(ints) | {"best_error", "epoch_sums"}
+                and all(isinstance(run[k], int) and not isinstance(run[k], bool) and run[k] >= 0 for k in ints)
+                and isinstance(run["best_error"], (int, float))
+                and isinstance(run["epoch_sums"], list) and len(run["epoch_sums"]) == 3):
+            raise bad("'run' is not a run state (epoch, step, sums)")
+    recorded = ckpt.get("checksum")
+    if recorded is not None and recorded != content_checksum(ckpt):
+        raise bad("its tensors do not match the checksum recorded when it was saved (changed on disk)")
 
 
 def step_of(path: Path) -> int | None:
@@ -203,7 +292,7 @@ class CheckpointManager:
         """
         faults.save_started()
         self.dir.mkdir(parents=True, exist_ok=True)
-        state = dict(state, format=FORMAT)
+        state = with_checksum(state)
         path = self.dir / f"step-{global_step:09d}.pt"
         atomic_save(state, path)
         faults.kill_point("link")

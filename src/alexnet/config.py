@@ -326,6 +326,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"config key '{key}' takes a finite number, got {value!r}")
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
@@ -371,8 +373,8 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
             raise UserError(f"expected key=value, got '{item}' (for example: lr=0.02 model.lrn=false)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = _safe_yaml(raw) if raw.strip() else ""
+        except (yaml.YAMLError, _YamlTooDeep):
             value = raw
         if isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 as a string; on a command line it means a number
@@ -380,16 +382,65 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
+class _YamlTooDeep(Exception):
+    pass
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config needs neither, and nested aliases ("billion laughs") expand
+    a few hundred bytes into more values than memory holds."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a config",
+                                              event.start_mark)
+        if len(self.yaml_nesting) > MAX_YAML_DEPTH:
+            raise _YamlTooDeep()
+        self.yaml_nesting.append(index)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.yaml_nesting.pop()
+
+
+MAX_YAML_DEPTH = 32  # the config tree is two levels deep; lists of lists are the most a value needs
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _safe_yaml(text: str) -> Any:
+    loader = _PlainLoader(text)
+    loader.yaml_nesting = []
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {p} is larger than {MAX_CONFIG_BYTES} bytes: is it a config file?")
+        with open(p, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file {p} is not UTF-8 text: save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    try:
+        data = _safe_yaml(text)
+    except _YamlTooDeep:
+        raise UserError(f"config file {p} nests deeper than {MAX_YAML_DEPTH} levels: a config is a mapping of "
+                        "keys to values") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"config file {p} is not valid YAML{where}: fix it or pass key=value overrides") from None
+        problem = getattr(exc, "problem", None)
+        what = f" ({problem})" if problem and "alias" in problem else ""
+        raise UserError(f"config file {p} is not valid YAML{where}{what}: fix it or pass key=value overrides") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

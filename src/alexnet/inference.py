@@ -39,6 +39,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Al
         model.load_state_dict(ckpt["model"])
     except RuntimeError:
         raise UserError(f"{path}: the weights do not match the saved config") from None
+    outputs = cfg.model.num_classes
+    if len(ckpt["classes"]) != outputs:
+        raise UserError(f"{path} names {len(ckpt['classes'])} classes for a net of {outputs} outputs: the checkpoint "
+                        "is damaged or was edited; use another one")
+    size = cfg.data.image_size
+    if tuple(ckpt["mean"].shape) != (size, size, 3):
+        raise UserError(f"{path} holds a mean image of shape {tuple(ckpt['mean'].shape)} for {size}x{size} inputs: "
+                        "the checkpoint is damaged or was edited; use another one")
     model.to(device).eval()
     info = ModelInfo(list(ckpt["classes"]), list(ckpt["class_names"]), ckpt["mean"].float(),
                      ckpt["pca_eigenvalues"].float(), ckpt["pca_eigenvectors"].float())

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from alexnet.checkpoint import FORMAT, atomic_save
+from alexnet.checkpoint import FORMAT, atomic_save, with_checksum
 from alexnet.config import build_config
 from alexnet.data.augment import IMAGENET_MEAN
 from alexnet.errors import UserError
+from alexnet.files import check_output
 from alexnet.model import AlexNet
 
 # fb.resnet.torch's ImageNet PCA in 0..1 units; columns of IMAGENET_PCA_EIGENVECTORS are the eigenvectors.
@@ -112,15 +113,11 @@ def checkpoint_from_state_dict(sd: dict[str, torch.Tensor], classes: list[str] |
 def import_torchvision(weights: str | Path, out: str | Path, classes_file: str | Path | None = None,
                        overwrite: bool = False) -> Path:
     """Write the checkpoint of torchvision alexnet weights to `out` (atomically)."""
-    out = Path(out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise UserError(f"-o {out} must name a file in an existing folder")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists: choose another -o or pass --overwrite")
+    out = check_output(Path(out), "-o", overwrite, [weights] + ([classes_file] if classes_file else []))
     sd = read_state_dict(weights)
     classes = names = None
     if classes_file is not None:
         head = sd.get("classifier.6.weight")
         classes, names = read_class_list(classes_file, int(head.shape[0]) if head is not None else -1)
-    atomic_save(checkpoint_from_state_dict(sd, classes, names, str(weights)), out)
+    atomic_save(with_checksum(checkpoint_from_state_dict(sd, classes, names, str(weights))), out)
     return out

@@ -217,6 +217,7 @@ class Run:
         if saved_preset != self.cfg.preset:
             raise UserError(f"the checkpoint is of preset '{saved_preset}', this run is '{self.cfg.preset}': "
                             "resume with the same preset or start a new --out")
+        require_same_classes(list(ckpt.get("classes", [])), list(self.store.classes))
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError:
@@ -578,6 +579,18 @@ class Run:
     def say(self, line: str) -> None:
         if self.ctx.is_main:
             print(line, flush=True)
+
+
+def require_same_classes(saved: list[str], data: list[str]) -> None:
+    """A resumed run must see the classes it was trained on, in the same order: output k of the net means
+    class k of the checkpoint, and training on other data would silently give it another meaning."""
+    if saved == data:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(saved, data)) if a != b), min(len(saved), len(data)))
+    where = (f"class {first} is '{saved[first]}' in the checkpoint but '{data[first]}' in the data"
+             if first < min(len(saved), len(data)) else "one list continues where the other ends")
+    raise UserError(f"the checkpoint was trained on {len(saved)} classes, the data has {len(data)} and they differ "
+                    f"({where}): resume on the run's own data, or start a new --out")
 
 
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:

@@ -26,17 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.errors import UserError
     from alexnet.export import FORMATS, export_onnx, export_safetensors, export_torchscript
+    from alexnet.files import check_output
     from alexnet.inference import load_model
 
     out: Path = args.out or args.checkpoint.with_name(args.checkpoint.stem + FORMATS[args.format])
-    if out.is_dir() or not out.parent.is_dir():
-        raise UserError(f"-o {out} must name a file in an existing folder")
-    if out.exists() and out.resolve() == args.checkpoint.resolve():
-        raise UserError(f"-o {out} is the checkpoint itself: choose another output file")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} already exists: choose another -o or pass --overwrite")
+    check_output(out, "-o", args.overwrite, [args.checkpoint])
     model, cfg, info = load_model(args.checkpoint, "cpu")
     if args.format == "safetensors":
         export_safetensors(model, cfg, info, out)

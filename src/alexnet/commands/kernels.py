@@ -12,17 +12,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draw every conv1 kernel of a checkpoint as an RGB tile, each contrast-normalised on its "
                     "own; with two towers, tower 1's kernels fill the upper rows and tower 2's the lower.")
     p.add_argument("checkpoint", type=Path, metavar="CKPT")
-    p.add_argument("-o", "--out", type=Path, default=Path("kernels.png"), help="PNG file (default kernels.png)")
+    p.add_argument("-o", "--out", type=Path, default=Path("kernels.png"),
+                   help="image file: .png, .pdf, .svg, ... (default kernels.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
+    from alexnet.files import check_output, figure_suffixes
     from alexnet.inference import load_model
     from alexnet.plots import plot_kernels
 
-    if args.out.is_dir() or not args.out.parent.is_dir():
-        raise UserError(f"-o {args.out} must name a file in an existing folder")
+    check_output(args.out, "-o", args.overwrite, [args.checkpoint], figure_suffixes())
     model, cfg, _ = load_model(args.checkpoint)
     weight = model.features[0].weight.detach().cpu().numpy()
     if weight.shape[1] != 3:

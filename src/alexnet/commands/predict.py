@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--panel", type=Path, metavar="PNG", help="also draw the paper's Figure 4 (left) here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --panel")
     p.add_argument("--panel-images", type=int, default=10, metavar="N",
                    help="images in the panel, spread evenly over all given (default 10)")
     p.add_argument("--ten-crop", action="store_true", help="average the ten views (4 corners, centre, mirrored)")
@@ -35,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.panel_images < 1:
         raise UserError("--batch-size and --panel-images must be positive")
-    if args.panel is not None and (args.panel.is_dir() or not args.panel.parent.is_dir()):
-        raise UserError(f"--panel {args.panel} must name a file in an existing folder")
+    if args.panel is not None:
+        from alexnet.files import check_output, figure_suffixes
+
+        check_output(args.panel, "--panel", args.overwrite, [args.checkpoint, *args.images], figure_suffixes())
     files = collect_images(args.images)
     device = pick_device(args.device)
     model, cfg, info = load_model(args.checkpoint, device)

@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=6, help="neighbours per query (default 6)")
     p.add_argument("--split", default="train", help="which split of the store to search (default train)")
     p.add_argument("--panel", type=Path, metavar="PNG", help="also draw each query with its neighbours here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --panel")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--index-cache", type=Path, metavar="DIR",
                    help="where fc7 indexes are kept (default: a fc7-index folder beside the checkpoint)")
@@ -46,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1 or args.batch_size < 1:
         raise UserError("-k and --batch-size must be positive")
-    if args.panel is not None and (args.panel.is_dir() or not args.panel.parent.is_dir()):
-        raise UserError(f"--panel {args.panel} must name a file in an existing folder")
+    if args.panel is not None:
+        from alexnet.files import check_output, figure_suffixes
+
+        check_output(args.panel, "--panel", args.overwrite, [args.checkpoint, *args.query], figure_suffixes())
     for q in args.query:
         if not q.startswith("store:") and not Path(q).is_file():
             raise UserError(f"--query {q} is neither an image file nor store:N")

@@ -13,7 +13,9 @@ import importlib
 import io
 import os
 import pickle
+import stat
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -76,18 +78,36 @@ def archive_member_prefix(path: Path) -> str | None:
     return None
 
 
+# A batch is read whole into memory: 10,000 images are 30.7 MB, so anything past this is not a CIFAR-10 batch
+# (and reading it could exhaust memory).
+MAX_BATCH_BYTES = 64 << 20
+
+
 def read_member(path: str, member: str) -> bytes:
-    """The bytes of one batch: a file in the folder `path`, or a member of the archive `path`."""
+    """The bytes of one batch: a regular file in the folder `path`, or a member of the archive `path`."""
     if os.path.isdir(path):
+        file = Path(path, member)
         try:
-            return Path(path, member).read_bytes()
+            info = file.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise UserError(f"{file} is not a regular file: give the CIFAR-10 batch files themselves")
+            if info.st_size > MAX_BATCH_BYTES:
+                raise UserError(f"{file} holds {info.st_size} bytes, more than a CIFAR-10 batch can "
+                                f"({MAX_BATCH_BYTES}): is this the right folder?")
+            return file.read_bytes()
         except OSError as exc:
-            raise UserError(f"cannot read {Path(path, member)}: {exc.strerror or exc}") from None
+            raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
     try:
         with tarfile.open(path, "r:*") as tar:
-            return tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, AttributeError, KeyError) as exc:
-        raise UserError(f"cannot read {member} from {path}: {exc}") from None
+            info = tar.getmember(member)
+            if not info.isfile():
+                raise UserError(f"{path}:{member} is not a regular file in the archive: is the archive damaged?")
+            if info.size > MAX_BATCH_BYTES:
+                raise UserError(f"{path}:{member} holds {info.size} bytes, more than a CIFAR-10 batch can "
+                                f"({MAX_BATCH_BYTES}): is this the right archive?")
+            return tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, AttributeError, KeyError, EOFError, zlib.error) as exc:
+        raise UserError(f"cannot read {member} from {path}: {exc}: download or copy the archive again") from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -95,10 +115,20 @@ def load_batch(path: str, member: str) -> tuple[np.ndarray, list[int]]:
     """(images uint8 (n, 32, 32, 3), labels) of one batch; cached, since a chunk reads rows one by one."""
     batch = _unpickle(read_member(path, member), f"{path}:{member}")
     try:
-        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = [int(v) for v in batch["labels"]]
-    except (KeyError, ValueError) as exc:
+        raw = np.asarray(batch["data"])
+        if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3072:
+            raise ValueError("data: uint8 rows of 3072 values")
+        data = raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = list(batch["labels"])
+    except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{path}:{member} is not a CIFAR-10 batch (no usable {exc})") from None
+    # labels are class indices: whole numbers (a float would be truncated, a bool is not a class)
+    bad = next((v for v in labels if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))), None)
+    if bad is not None or any(v < 0 for v in labels):
+        bad = bad if bad is not None else next(v for v in labels if v < 0)
+        raise UserError(f"{path}:{member} has the label {bad!r}: CIFAR-10 labels are class indices 0, 1, 2, ... "
+                        "(a damaged or doctored batch)")
+    labels = [int(v) for v in labels]
     if len(labels) != len(data):
         raise UserError(f"{path}:{member}: {len(data)} images but {len(labels)} labels")
     return np.ascontiguousarray(data), labels
@@ -107,9 +137,22 @@ def load_batch(path: str, member: str) -> tuple[np.ndarray, list[int]]:
 def label_names(path: str, member: str) -> list[str]:
     meta = _unpickle(read_member(path, member), f"{path}:{member}")
     names = meta.get("label_names")
-    if not names:
-        raise UserError(f"{path}:{member} has no label_names")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    if not isinstance(names, (list, tuple)) or len(names) < 2:
+        raise UserError(f"{path}:{member} has no usable label_names (a list of at least two class names)")
+    out = []
+    for n in names:
+        try:
+            name = n.decode() if isinstance(n, bytes) else n
+        except UnicodeDecodeError:
+            name = None
+        if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name or name.startswith("."):
+            raise UserError(f"{path}:{member} has the class name {n!r}: class names must be non-empty text "
+                            "without slashes or a leading dot")
+        out.append(name)
+    if len(set(out)) != len(out):
+        dup = next(n for n in out if out.count(n) > 1)
+        raise UserError(f"{path}:{member} names the class '{dup}' twice: each class needs its own name")
+    return out
 
 
 def fetch(cache_dir: Path) -> Path:

@@ -38,6 +38,8 @@ What happens, in order:
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -57,17 +59,42 @@ class SkipImage(Exception):
     """This file cannot become an image; the message is the reason written into the manifest."""
 
 
+# An encoded photo is at most a few tens of MB (a 100-megapixel JPEG is about 50 MB); a file far larger is not one
+# of the images meant, and reading it whole could exhaust memory.
+MAX_IMAGE_FILE_BYTES = 256 << 20
+
+
 def read_bytes(path: str | Path) -> bytes:
-    """The whole file, or SkipImage saying why it cannot be read."""
+    """The whole file, or SkipImage saying why it cannot be read.
+
+    Only regular files are read: a FIFO would block the reader forever, and a link to a device (/dev/zero)
+    would be read until memory runs out. The file is opened non-blocking (O_NONBLOCK: opening a FIFO does not
+    wait for a writer) and checked on the open descriptor, so a file swapped between a check and the open
+    cannot slip through."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except PermissionError:
         raise SkipImage("unreadable: permission denied") from None
     except IsADirectoryError:
         raise SkipImage("unreadable: is a directory") from None
     except OSError as exc:
         raise SkipImage(f"unreadable: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SkipImage("unreadable: is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise SkipImage("not a regular file (a FIFO, device, socket or folder): refused")
+        if info.st_size > MAX_IMAGE_FILE_BYTES:
+            raise SkipImage(f"{info.st_size} bytes: larger than any image this reads ({MAX_IMAGE_FILE_BYTES})")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read(MAX_IMAGE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SkipImage(f"unreadable: {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def load_image(source: str | Path | bytes, size: int) -> np.ndarray:

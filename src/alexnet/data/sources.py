@@ -290,27 +290,67 @@ def unsafe_member_name(name: str) -> bool:
 
 
 def _index_tar(path: Path) -> tuple[list[_Entry], list[tuple[str, str]]]:
-    """Regular-file members with their data offsets; nested .tar members are indexed one level down."""
+    """Regular-file members with their data offsets; nested .tar members are indexed one level down.
+
+    A tar has no index: a reader stops at the first block that is not a header, so an archive cut short (an
+    interrupted download of a 138 GB tar) reads as a complete, smaller one. Each archive is therefore checked
+    to end as tar writers end one: every member's data inside the file, and the end-of-archive marker (zero
+    blocks) right after the last member. A truncated or damaged archive is an error naming the last complete
+    member, never a silently smaller data set.
+    """
     entries: list[_Entry] = []
     skipped: list[tuple[str, str]] = []
     try:
-        with tarfile.open(path, "r:") as outer:
+        size = path.stat().st_size
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as outer:
+            last = None
             for member in outer:
+                _require_inside(member, size, str(path), last)
+                last = member.name
                 if not _acceptable(member, member.name, skipped):
                     continue
                 if member.name.endswith(".tar"):
                     stem = PurePosixPath(member.name).name[: -len(".tar")]
                     inner_file = outer.extractfile(member)
                     with tarfile.open(fileobj=inner_file, mode="r:") as inner:
+                        inner_last = None
                         for m in inner:
                             shown = f"{member.name}/{m.name}"
+                            _require_inside(m, member.size, f"{path}:{member.name}", inner_last)
+                            inner_last = m.name
                             if _acceptable(m, shown, skipped):
                                 entries.append(_Entry(shown, member.offset_data + m.offset_data, m.size, stem))
+                        _require_end_marker(inner_file, inner.offset, member.size, f"{path}:{member.name}",
+                                            inner_last)
                 else:
                     entries.append(_Entry(member.name, member.offset_data, member.size, ""))
+            _require_end_marker(raw, outer.offset, size, str(path), last)
     except (tarfile.TarError, OSError) as exc:
-        raise UserError(f"cannot read archive {path}: {exc}") from None
+        raise UserError(f"cannot read archive {path}: {exc}: it is damaged; download or copy it again") from None
     return entries, skipped
+
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def _require_inside(member: tarfile.TarInfo, limit: int, what: str, last: str | None) -> None:
+    if member.offset_data + member.size > limit:
+        raise UserError(f"{what} is truncated: member {member.name} needs {member.size} bytes but the archive ends "
+                        f"after {max(limit - member.offset_data, 0)} of them (last complete member: {last or 'none'}); "
+                        "download or copy it again")
+
+
+def _require_end_marker(f, end: int, limit: int, what: str, last: str | None) -> None:  # noqa: ANN001
+    """A zero block must follow the last member: a reader that met anything else (a header cut short, garbage)
+    stopped early."""
+    block = b""
+    if end + _BLOCK <= limit:
+        f.seek(end)
+        block = f.read(_BLOCK)
+    if len(block) < _BLOCK or block.count(0) != _BLOCK:
+        where = f"after member {last}" if last else "before its first member"
+        raise UserError(f"{what} is truncated or damaged {where}: no end-of-archive marker follows it (members "
+                        "after it would be missing); download or copy it again")
 
 
 def _acceptable(member: tarfile.TarInfo, shown: str, skipped: list[tuple[str, str]]) -> bool:
@@ -358,6 +398,10 @@ def _cifar_source(path: Path, layout: str) -> Source:
             if path.is_dir() and not (path / batch).is_file():
                 raise UserError(f"{path} lacks {batch}: is the CIFAR-10 folder complete?")
             _, batch_labels = cifar.load_batch(where, member)
+            beyond = next((v for v in batch_labels if v >= len(names)), None)
+            if beyond is not None:
+                raise UserError(f"{where}:{member} has the label {beyond} but {prefix + cifar.META} names "
+                                f"{len(names)} classes (0..{len(names) - 1}): a damaged or mismatched batch")
             for row, label in enumerate(batch_labels):
                 listing.items.append(Item(f"{batch}[{row}]", int(remap[label]), "cifar", where, row, 0, member))
         splits[split] = listing

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,8 @@ class Store:
         self.pca_eigenvalues = np.asarray(pca["eigenvalues"], dtype=np.float32)
         self.pca_eigenvectors = np.asarray(pca["eigenvectors"], dtype=np.float32)  # columns are eigenvectors
         self.mean = _load_array(root / "mean.npy", (self.size, self.size, 3)).astype(np.float32, copy=False)
+        if not np.isfinite(self.mean).all():
+            raise UserError(f"{root / 'mean.npy'} holds values that are not finite: prepare the store again")
         self._splits: dict[str, Split] = {}
         for name in manifest["splits"]:
             self._splits[name] = self._open_split(name)
@@ -93,8 +97,18 @@ class Store:
         if images.shape != (count, self.size, self.size, 3) or images.dtype != np.uint8:
             raise UserError(f"{images_path} holds {images.dtype} {images.shape}, the manifest says "
                             f"uint8 ({count}, {self.size}, {self.size}, 3): prepare the store again")
-        labels = _load_array(self.root / name / "labels.npy", (count,)).astype(np.int64, copy=False)
-        return Split(images, labels)
+        labels_path = self.root / name / "labels.npy"
+        labels = _load_array(labels_path, (count,))
+        # labels index the class list: whole numbers in range (a float label would be truncated, -1 would
+        # silently mean the last class)
+        if labels.dtype.kind not in "iu":
+            raise UserError(f"{labels_path} holds {labels.dtype} labels, not whole class indices: prepare the "
+                            "store again")
+        if count and (labels.min() < 0 or labels.max() >= len(self.classes)):
+            wrong = int(labels.min()) if labels.min() < 0 else int(labels.max())
+            raise UserError(f"{labels_path} holds the label {wrong}, outside the {len(self.classes)} classes of the "
+                            "manifest: prepare the store again")
+        return Split(images, labels.astype(np.int64, copy=False))
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {len(s)}" for n, s in self._splits.items())
@@ -129,10 +143,53 @@ def open_store(path: str | Path) -> Store:
         raise UserError(f"{path} is not an {FORMAT} store (format {found!r}): prepare it again with this version")
     if manifest.get("complete") is not True:
         raise UserError(f"{path} is an unfinished store: run the same `alexnet prepare` command again to finish it")
-    try:
-        return Store(root, manifest)
-    except KeyError as exc:
-        raise UserError(f"{manifest_path} lacks {exc}: prepare the store again") from None
+    check_manifest(manifest, manifest_path)
+    return Store(root, manifest)
+
+
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_manifest(manifest: dict, where: Path) -> None:
+    """Every field the store's readers use, with the type, shape and range they assume; UserError naming the
+    field otherwise. Split names become folder names, so they are plain names: never '..', never a path."""
+    def bad(field: str, wanted: str) -> UserError:
+        return UserError(f"{where}: field '{field}' is not {wanted} (a damaged or edited manifest): "
+                         "prepare the store again")
+
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def finite_numbers(value: object, count: int) -> bool:
+        return (isinstance(value, list) and len(value) == count
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+    for key in ("size", "classes", "class_names", "pca", "splits"):
+        if key not in manifest:
+            raise UserError(f"{where} lacks '{key}': prepare the store again")
+    if not whole(manifest["size"]) or not 1 <= manifest["size"] <= 4096:
+        raise bad("size", "a whole number of pixels from 1 to 4096")
+    classes, names = manifest["classes"], manifest["class_names"]
+    if (not isinstance(classes, list) or len(classes) < 1
+            or not all(isinstance(c, str) and c.strip() for c in classes) or len(set(classes)) != len(classes)):
+        raise bad("classes", "a list of distinct, non-empty class ids")
+    if not isinstance(names, list) or len(names) != len(classes) or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", f"a list of {len(classes)} names, one per class")
+    pca = manifest["pca"]
+    if (not isinstance(pca, dict) or not finite_numbers(pca.get("eigenvalues"), 3)
+            or not isinstance(pca.get("eigenvectors"), list) or len(pca["eigenvectors"]) != 3
+            or not all(finite_numbers(row, 3) for row in pca["eigenvectors"])):
+        raise bad("pca", "3 finite eigenvalues and a 3x3 matrix of finite eigenvectors")
+    splits = manifest["splits"]
+    if not isinstance(splits, dict) or not splits:
+        raise bad("splits", "a mapping of split names to their files")
+    for name, info in splits.items():
+        if not _SPLIT_NAME.match(name):
+            raise bad("splits", f"named by plain folder names (got {name!r})")
+        if (not isinstance(info, dict) or not whole(info.get("count")) or info["count"] < 0
+                or not whole(info.get("images_bytes")) or info["images_bytes"] < 0
+                or not isinstance(info.get("checksum"), str)):
+            raise bad(f"splits.{name}", "a count, a byte size and a checksum")
 
 
 def checksum(images_path: Path, labels_path: Path) -> str:
