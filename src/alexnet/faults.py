@@ -23,6 +23,8 @@ import os
 import signal
 from typing import BinaryIO
 
+from alexnet.errors import UserError
+
 NAN_AT_STEP = "ALEXNET_FAULT_NAN_AT_STEP"
 KILL_IN_SAVE = "ALEXNET_FAULT_KILL_IN_SAVE"
 SAVE_ERRNO = "ALEXNET_FAULT_SAVE_ERRNO"
@@ -41,6 +43,8 @@ def _kill_plan() -> tuple[int, str] | None:
     if not value:
         return None
     count, _, when = value.partition(":")
+    if not count.strip().isdigit():
+        raise UserError(f"{KILL_IN_SAVE}={value!r}: give K or K:WHEN with K a whole number (a test hook)")
     return int(count), when or "write"
 
 
@@ -75,7 +79,9 @@ class _HookedFile:
     def write(self, data: bytes) -> int:
         name = os.environ.get(SAVE_ERRNO)
         if name:
-            code = getattr(errno, name)
+            code = getattr(errno, name, None)
+            if not isinstance(code, int):
+                raise UserError(f"{SAVE_ERRNO}={name!r} is not an errno name such as ENOSPC (a test hook)")
             raise OSError(code, os.strerror(code))
         if self.written + len(data) > self.KILL_AFTER_BYTES and _kill_plan() == (_saves_started, "write"):
             self.f.write(bytes(data)[: max(len(data) // 2, 1)])

@@ -56,11 +56,25 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
 
 
+def env_int(name: str, default: int, minimum: int) -> int:
+    """A whole number from the environment (torchrun sets these); UserError naming the variable otherwise."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not a whole number: unset it or fix it") from None
+    if value < minimum:
+        raise UserError(f"environment variable {name}={value} must be at least {minimum}: unset it or fix it")
+    return value
+
+
 def init_distributed(device_name: str) -> DistContext:
     """Read torchrun's environment; start the process group when there is more than one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = env_int("WORLD_SIZE", 1, 1)
+    rank = env_int("RANK", 0, 0)
+    local_rank = env_int("LOCAL_RANK", 0, 0)
     device = pick_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -107,7 +121,7 @@ JOB_FILE = ".torchrun-job"
 
 def elastic_resume(run_dir: Path) -> str | None:
     """'auto' in a worker restarted by torchrun for the job that started `run_dir`, else None."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) < 1:
+    if env_int("TORCHELASTIC_RESTART_COUNT", 0, 0) < 1:
         return None
     try:
         recorded = (run_dir / JOB_FILE).read_text().strip()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,11 @@ def build_or_load_index(model: AlexNet, cfg: Config, info: ModelInfo, store: Any
     data = store.split(split)
     key = index_key(model, cfg, store, split)
     npy, meta = cache_dir / f"fc7-{key}.npy", cache_dir / f"fc7-{key}.json"
-    if meta.is_file() and npy.is_file():
-        vectors = np.load(npy, mmap_mode="r")
-        if vectors.shape[0] == len(data.labels):
-            return Index(vectors, np.asarray(data.labels), npy, built=False)
+    if meta.is_file() or npy.is_file():
+        cached = _read_cached_index(npy, meta, len(data.labels))
+        if cached is not None:
+            return Index(cached, np.asarray(data.labels), npy, built=False)
+        print(f"alexnet: warning: the cached index {npy} is incomplete or damaged: building it again", file=sys.stderr)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -127,11 +129,46 @@ def build_or_load_index(model: AlexNet, cfg: Config, info: ModelInfo, store: Any
         Path(tmp).unlink(missing_ok=True)
         raise
     record = {"format": INDEX_FORMAT, "split": split, "count": n, "dim": dim, "store": str(store.root),
+              "bytes": npy.stat().st_size, "digest": _sampled_digest(npy),
               "crop": cfg.data.crop, "layer": "last hidden FC layer after its activation (fc7)"}
     tmp_meta = meta.with_name(meta.name + ".tmp")
     tmp_meta.write_text(json.dumps(record, indent=1))
     os.replace(tmp_meta, meta)  # written last: its presence marks a finished index
     return Index(np.load(npy, mmap_mode="r"), np.asarray(data.labels), npy, built=True)
+
+
+def _sampled_digest(path: Path, blocks: int = 64, block: int = 64 * 1024) -> str:
+    """BLAKE2b of the file's size and 64 blocks spread over it (all of it when small): a truncated, rewritten
+    or swapped index is caught without reading all of an ImageNet-sized one (21 GB)."""
+    digest = hashlib.blake2b(digest_size=16)
+    size = path.stat().st_size
+    digest.update(size.to_bytes(8, "little"))
+    with open(path, "rb") as f:
+        if size <= blocks * block:
+            digest.update(f.read())
+        else:
+            for i in range(blocks):
+                f.seek(i * (size - block) // (blocks - 1))
+                digest.update(f.read(block))
+    return digest.hexdigest()
+
+
+def _read_cached_index(npy: Path, meta: Path, count: int) -> np.ndarray | None:
+    """The cached vectors when the cache is whole and matches its record; None when anything is off (missing,
+    truncated, changed, another format, values that are not finite), so that the index is built again."""
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+        if (not isinstance(record, dict) or record.get("format") != INDEX_FORMAT or record.get("count") != count
+                or record.get("bytes") != npy.stat().st_size or record.get("digest") != _sampled_digest(npy)):
+            return None
+        vectors = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape != (count, record.get("dim")):
+        return None
+    if not np.isfinite(vectors[: min(count, 1024)]).all():
+        return None
+    return vectors
 
 
 @torch.no_grad()

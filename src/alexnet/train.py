@@ -606,6 +606,9 @@ def prepare_run_dir(run_dir: Path, resume: str | None) -> None:
     """Refuse to write over an existing run unless it is being resumed."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file: choose a directory")
+    above = next((p for p in run_dir.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--out {run_dir} lies below {above}, which is a file: choose a directory")
     existing = run_dir.is_dir() and any((run_dir / n).exists() for n in ("config.yaml", "last.pt", "checkpoints"))
     if existing and not resume:
         raise UserError(f"{run_dir} already holds a run: continue it with --resume auto or choose another --out")

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{path} takes {cfg.data.crop}-pixel crops, {args.checkpoints[0]} takes "
                             f"{cfg0.data.crop}: average checkpoints of one input size")
     store = resolve_data(args.data, args.cache or Path("stores"), cfg0.data.image_size)
+    store.verify()  # as train does: a store changed since it was prepared is not evaluated on
     if list(store.classes) != info0.classes:
         raise UserError(f"the data's {len(store.classes)} classes are not the {len(info0.classes)} classes the "
                         "checkpoint was trained on: evaluate on data with the same class folders")

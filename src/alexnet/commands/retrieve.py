@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model, cfg, info = load_model(args.checkpoint, device)
     store = resolve_data(args.index, args.cache or Path("stores"), cfg.data.image_size,
                          progress=not args.no_progress)
+    store.verify()  # as train does: a store changed since it was prepared is not searched
     if store.size != cfg.data.image_size:
         raise UserError(f"the store holds {store.size}-pixel images but the checkpoint takes "
                         f"{cfg.data.image_size}: prepare the images with --size {cfg.data.image_size}")

@@ -113,7 +113,18 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold OUT/.partial.lock so that two prepares never write into the same store at once."""
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the store folder {out}: {exc.strerror or exc} (is a part of the path a "
+                        "file?)") from None
+    for name in (PARTIAL, LOCK):
+        # the unfinished work and the lock are ours: a link there would send writes (or a delete) elsewhere
+        if (out / name).is_symlink():
+            raise UserError(f"{out / name} is a symbolic link, where prepare keeps its own unfinished work: "
+                            "remove it, or choose another --out")
+    if (out / PARTIAL).exists() and not (out / PARTIAL).is_dir():
+        raise UserError(f"{out / PARTIAL} is not a folder: remove it, or choose another --out")
     lock_path = out / LOCK
     with open(lock_path, "a") as lock:
         try:
