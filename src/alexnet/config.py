@@ -448,6 +448,68 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def pool_geometry(cfg: ModelConfig) -> tuple[int, int]:
+    """(window, stride): overlapping 3/2 as the paper, or the 2/2 of its ablation."""
+    return (3, 2) if cfg.pooling == "overlap" else (2, 2)
+
+
+def pooled_size(side: int, window: int, stride: int, ceil: bool) -> int:
+    """Output side of a max-pool: floor as PyTorch and Caffe, or ceil as cuda-convnet (outputsX=0), whose last
+    window may hang over the edge (it is then taken over the pixels inside)."""
+    if ceil:
+        return -(-(side - window) // stride) + 1
+    return (side - window) // stride + 1
+
+
+def layer_sizes(cfg: ModelConfig, input_size: int) -> list[int]:
+    """Side of each conv layer's output (before its pooling) for a square input, from the layer formulas;
+    ValueError when the input is too small for the layers."""
+    sides = []
+    side = input_size
+    window, stride = pool_geometry(cfg)
+    for k, s, p, pooled in zip(cfg.kernels, cfg.strides, cfg.pads, cfg.pool_after):
+        side = (side + 2 * p - k) // s + 1
+        if side < 1:
+            raise ValueError(f"input of {input_size} pixels is too small for this network")
+        sides.append(side)
+        if pooled:
+            side = pooled_size(side, window, stride, cfg.pool_ceil)
+        if side < 1:
+            raise ValueError(f"input of {input_size} pixels is too small for this network")
+    return sides
+
+
+def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
+    """Side of the last conv block's output for a square input, from the layer formulas."""
+    side = layer_sizes(cfg, input_size)[-1]
+    if cfg.pool_after[-1]:
+        window, stride = pool_geometry(cfg)
+        side = pooled_size(side, window, stride, cfg.pool_ceil)
+    return side
+
+
+def parameter_estimate(cfg: ModelConfig, input_size: int) -> int:
+    """About how many parameters the net has (exactly, without towers or local layers): to refuse a config
+    that would exhaust memory before building it."""
+    widths = [w // 2 for w in cfg.widths[:-1]] + [cfg.widths[-1]] if cfg.towers == 1 and cfg.halve_single_tower \
+        else list(cfg.widths)
+    total, in_ch = 0, 3
+    sides = layer_sizes(cfg, input_size)
+    for i, (w, k) in enumerate(zip(widths, cfg.kernels)):
+        per_position = sides[i] ** 2 if cfg.local and cfg.local[i] else 1
+        total += per_position * (w * in_ch * k * k + w)
+        in_ch = w
+    side = cfg.adaptive_pool or feature_map_size(cfg, input_size)
+    flat = in_ch * side * side
+    for width in [*cfg.fc, cfg.num_classes]:
+        total += flat * width + width
+        flat = width
+    return total
+
+
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights before gradients and velocities: surely a typo
+
+
 def validate(cfg: Config) -> None:
     """Ranges and consistency that types alone do not catch."""
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
@@ -467,6 +529,10 @@ def validate(cfg: Config) -> None:
     checks = [
         (n >= 1, "model.widths needs at least one conv layer"),
         (all(w > 0 for w in m.widths), "model.widths must be positive"),
+        (all(k >= 1 for k in m.kernels) and all(s >= 1 for s in m.strides) and all(p >= 0 for p in m.pads),
+         "model.kernels and model.strides must be at least 1, model.pads at least 0"),
+        (0 <= t.seed < 2 ** 63, "train.seed must be a whole number from 0 to 2^63 - 1"),
+        (m.adaptive_pool >= 0, "model.adaptive_pool must be >= 0"),
         (all(0 < s < math.inf for s in m.init_stds), "model.init_stds must be positive"),
         (all(0 <= w < math.inf for w in o.layer_weight_decay), "optim.layer_weight_decay values must be >= 0"),
         (all(w > 0 for w in m.fc), "model.fc sizes must be positive"),
@@ -495,6 +561,16 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if d.image_size > 4096:
+        raise UserError("data.image_size must be at most 4096 pixels")
+    try:
+        estimate = parameter_estimate(m, d.crop)
+    except ValueError:
+        raise UserError(f"a {d.crop}x{d.crop} crop is too small for these layers (model.kernels, strides, pads and "
+                        "pooling shrink it below one pixel): raise data.crop or change the layers") from None
+    if estimate > MAX_PARAMETERS:
+        raise UserError(f"this net would have about {estimate:,} parameters ({estimate * 4 / 2**30:.0f} GiB of "
+                        f"weights alone), more than {MAX_PARAMETERS:,}: check model.widths and model.fc")
     if m.towers == 2:
         for i, (w, s) in enumerate(zip(m.widths, m.split)):
             if w % 2:

@@ -48,6 +48,14 @@ def _kill_plan() -> tuple[int, str] | None:
     return int(count), when or "write"
 
 
+def check_environment() -> None:
+    """Parse the hooks that are set before a run writes anything: a malformed one is an error up front."""
+    _kill_plan()
+    name = os.environ.get(SAVE_ERRNO)
+    if name and not isinstance(getattr(errno, name, None), int):
+        raise UserError(f"{SAVE_ERRNO}={name!r} is not an errno name such as ENOSPC (a test hook)")
+
+
 def save_started() -> None:
     """Count checkpoint saves of this process (the K of ALEXNET_FAULT_KILL_IN_SAVE)."""
     global _saves_started

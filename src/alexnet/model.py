@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alexnet.config import ModelConfig
+from alexnet.config import ModelConfig, feature_map_size, layer_sizes, pool_geometry, pooled_size
 from alexnet.ops import LocalResponseNorm
 
 
@@ -28,45 +28,6 @@ def conv_widths(cfg: ModelConfig) -> list[int]:
     if cfg.towers == 1 and cfg.halve_single_tower:
         return [w // 2 for w in cfg.widths[:-1]] + [cfg.widths[-1]]
     return list(cfg.widths)
-
-
-def pool_geometry(cfg: ModelConfig) -> tuple[int, int]:
-    """(window, stride): overlapping 3/2 as the paper, or the 2/2 of its ablation."""
-    return (3, 2) if cfg.pooling == "overlap" else (2, 2)
-
-
-def pooled_size(side: int, window: int, stride: int, ceil: bool) -> int:
-    """Output side of a max-pool: floor as PyTorch and Caffe, or ceil as cuda-convnet (outputsX=0), whose last
-    window may hang over the edge (it is then taken over the pixels inside)."""
-    if ceil:
-        return -(-(side - window) // stride) + 1
-    return (side - window) // stride + 1
-
-
-def layer_sizes(cfg: ModelConfig, input_size: int) -> list[int]:
-    """Side of each conv layer's output (before its pooling) for a square input, from the layer formulas."""
-    sides = []
-    side = input_size
-    window, stride = pool_geometry(cfg)
-    for k, s, p, pooled in zip(cfg.kernels, cfg.strides, cfg.pads, cfg.pool_after):
-        side = (side + 2 * p - k) // s + 1
-        if side < 1:
-            raise ValueError(f"input of {input_size} pixels is too small for this network")
-        sides.append(side)
-        if pooled:
-            side = pooled_size(side, window, stride, cfg.pool_ceil)
-        if side < 1:
-            raise ValueError(f"input of {input_size} pixels is too small for this network")
-    return sides
-
-
-def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
-    """Side of the last conv block's output for a square input, from the layer formulas."""
-    side = layer_sizes(cfg, input_size)[-1]
-    if cfg.pool_after[-1]:
-        window, stride = pool_geometry(cfg)
-        side = pooled_size(side, window, stride, cfg.pool_ceil)
-    return side
 
 
 class LocallyConnected2d(nn.Module):

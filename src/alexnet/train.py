@@ -624,6 +624,7 @@ def train(cfg: Config, data: str, run_dir: str | Path, resume: str | None = None
     from alexnet.data.resolve import resolve_data
 
     run_dir = Path(run_dir)
+    faults.check_environment()
     ctx = init_distributed(cfg.train.device)
     try:
         if towers and ctx.distributed:

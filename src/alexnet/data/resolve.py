@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from alexnet.data.store import Store, is_store, open_store
+from alexnet.data.store import MANIFEST, Store, is_store, open_store
 from alexnet.errors import UserError
 
 CACHE_ENV = "ALEXNET_CACHE"
@@ -41,8 +41,8 @@ def resolve_data(spec: str, cache_dir: Path, size: int, progress: bool = True) -
         path = Path(spec).expanduser()
         if not spec.strip() or not path.exists():
             raise UserError(f"data {spec!r} does not exist: give a store, a folder of images, an archive or 'cifar10'")
-        if path.is_dir() and is_store(path):
-            return open_store(path)
+        if path.is_dir() and (is_store(path) or (path / MANIFEST).is_file()):
+            return open_store(path)  # a store, or one whose manifest is damaged: open_store says what is wrong
         if path.is_dir() and not any(path.iterdir()):
             raise UserError(f"data folder {spec} is empty: put images in <class>/ folders or give another path")
     target = cached_store_path(spec, Path(cache_dir), size)
