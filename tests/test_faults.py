@@ -451,7 +451,7 @@ def test_a_bit_flipped_in_a_saved_tensor_is_caught_by_the_checksum(tmp_path, cap
     raw[at + 3] ^= 0x10  # one bit of one float
     newest.write_bytes(bytes(raw))
     assert torch.load(newest, weights_only=True)["model"]["weights"][100] != values[100] + 2  # torch loads it as is
-    with pytest.raises(UserError, match="do not match the checksum recorded when it was saved"):
+    with pytest.raises(UserError, match="does not match the checksum recorded when it was saved"):
         load_checkpoint(newest)
     path, ckpt = manager.newest_valid()  # --resume auto goes back to the intact one
     assert path.name == "step-000000001.pt" and torch.equal(ckpt["model"]["weights"], values + 1)

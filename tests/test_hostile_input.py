@@ -292,7 +292,7 @@ def hostile(shapes_store, shapes_folder, tmp_path_factory):
     ckpt_case("optimizer", lambda c: c.__setitem__("optimizer", {"state": 3}), "'optimizer' is not",
               ("resume", "eval"))
     ckpt_case("bitflip", lambda c: c["model"]["features.0.weight"][0, 0, 0].add_(1.0),
-              "do not match the checksum")
+              "does not match the checksum")
     ckpt_case("config", lambda c: c.__setitem__("config", {"model": {"widths": "big"}}), "holds no usable config",
               ("eval", "predict"))
 

@@ -181,31 +181,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 # ------------------------------------------------------------------------------------ content checks
 
 def content_checksum(state: dict[str, Any]) -> str:
-    """BLAKE2b over every tensor of the weights and of the optimizer state, with their names, shapes and
-    dtypes: a bit flipped on disk in any tensor changes it (torch.load itself checks nothing)."""
+    """BLAKE2b over everything the checkpoint holds but the checksum itself: every tensor's name, shape, dtype
+    and bytes, and every other value in a canonical text form. A bit flipped on disk anywhere in the content
+    changes it (torch.load itself checks nothing)."""
     digest = hashlib.blake2b(digest_size=16)
 
     def add(name: str, value: Any) -> None:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
-            digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            digest.update(f"{name}:tensor{tuple(t.shape)}:{t.dtype}".encode())
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(value, dict):
-            for key in sorted(value, key=str):
-                add(f"{name}.{key}", value[key])
+            digest.update(f"{name}:dict{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                add(f"{name}.{key!r}", value[key])
         elif isinstance(value, (list, tuple)):
+            digest.update(f"{name}:{type(value).__name__}{len(value)}".encode())
             for i, v in enumerate(value):
                 add(f"{name}[{i}]", v)
+        else:
+            digest.update(f"{name}={value!r}".encode())
 
-    add("model", state.get("model", {}))
-    add("optimizer", state.get("optimizer", {}).get("state", {}) if isinstance(state.get("optimizer"), dict) else {})
-    for key in ("mean", "pca_eigenvalues", "pca_eigenvectors"):
-        add(key, state.get(key))
+    add("", {k: v for k, v in state.items() if k != "checksum"})
     return "blake2b:" + digest.hexdigest()
 
 
 def with_checksum(state: dict[str, Any]) -> dict[str, Any]:
-    return dict(state, format=FORMAT, checksum=content_checksum(state))
+    state = dict(state, format=FORMAT)
+    state.pop("checksum", None)
+    return dict(state, checksum=content_checksum(state))
 
 
 def check_contents(ckpt: dict[str, Any], path: str | Path) -> None:
@@ -261,7 +265,7 @@ def check_contents(ckpt: dict[str, Any], path: str | Path) -> None:
             raise bad("'run' is not a run state (epoch, step, sums)")
     recorded = ckpt.get("checksum")
     if recorded is not None and recorded != content_checksum(ckpt):
-        raise bad("its tensors do not match the checksum recorded when it was saved (changed on disk)")
+        raise bad("its content does not match the checksum recorded when it was saved (changed on disk)")
 
 
 def step_of(path: Path) -> int | None:

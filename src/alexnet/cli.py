@@ -13,13 +13,15 @@ from alexnet.errors import UserError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit status 2, as for every bad input
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {UserError(message)} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     import alexnet.commands as commands
+    from alexnet import __version__
 
     parser = _Parser(prog="alexnet", description="The 2012 ImageNet network: train, evaluate, inspect.")
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):

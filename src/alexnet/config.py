@@ -26,14 +26,14 @@ class ModelConfig:
     """The network: SPEC section 1. Lists run over the conv layers (conv1..conv5 for the paper)."""
 
     widths: list[int] = field(default_factory=lambda: [96, 256, 384, 384, 256])  # maps, both towers together
-    kernels: list[int] = field(default_factory=lambda: [11, 5, 3, 3, 3])
-    strides: list[int] = field(default_factory=lambda: [4, 1, 1, 1, 1])
+    kernels: list[int] = field(default_factory=lambda: [11, 5, 3, 3, 3])  # square kernel side per conv layer
+    strides: list[int] = field(default_factory=lambda: [4, 1, 1, 1, 1])  # per conv layer
     # conv1 pads 2, as torchvision: (224 + 4 - 11) // 4 + 1 = 55 maps, the paper's 55x55 (cuda-convnet instead
     # let its last window read zeros past the edge; Caffe fed 227 crops). Same map sizes either way.
     pads: list[int] = field(default_factory=lambda: [2, 2, 1, 1, 1])
     split: list[bool] = field(default_factory=lambda: [False, True, False, True, True])  # sees own tower only
-    lrn_after: list[bool] = field(default_factory=lambda: [True, True, False, False, False])
-    pool_after: list[bool] = field(default_factory=lambda: [True, True, False, False, True])
+    lrn_after: list[bool] = field(default_factory=lambda: [True, True, False, False, False])  # LRN after the ReLU
+    pool_after: list[bool] = field(default_factory=lambda: [True, True, False, False, True])  # max-pool last
     bias_one: list[bool] = field(default_factory=lambda: [False, True, False, True, True])  # paper init
     # locally connected (cuda-convnet's `local`: no weight sharing) instead of convolutional; [] for none
     local: list[bool] = field(default_factory=list)
@@ -41,23 +41,23 @@ class ModelConfig:
     pool_ceil: bool = False  # pooled side rounded up, as cuda-convnet (24 -> 12 at 3/2); False: PyTorch's floor
     fc: list[int] = field(default_factory=lambda: [4096, 4096])  # hidden FC layers (fc6, fc7)
     fc_bias_one: bool = True  # paper: fc6 and fc7 biases start at 1
-    num_classes: int = 1000
+    num_classes: int = 1000  # outputs of the last FC layer (taken from the data when training)
     towers: int = 2  # 2: split layers are grouped convs (one device) or real towers (--towers DEV0,DEV1)
     tower_convs: str = "auto"  # towers on one device: grouped (one conv) | split (a conv per tower) | auto (model.py)
     halve_single_tower: bool = True  # towers=1 -> half width except the last conv (the paper's comparison)
     activation: str = "relu"  # relu | tanh (Figure 1)
     lrn: bool = True  # master switch for every LRN layer
-    lrn_size: int = 5
-    lrn_alpha: float = 1e-4
-    lrn_beta: float = 0.75
-    lrn_k: float = 2.0
+    lrn_size: int = 5  # n: maps in each normalization window
+    lrn_alpha: float = 1e-4  # alpha (divided by n per term unless lrn_literal)
+    lrn_beta: float = 0.75  # the exponent beta
+    lrn_k: float = 2.0  # the additive constant k (cuda-convnet's CIFAR nets: 1)
     lrn_literal: bool = False  # False: alpha/n per term (authors' code, Caffe, torch); True: paper's text
     pooling: str = "overlap"  # overlap: window 3 stride 2 | plain: window 2 stride 2 (the ablation)
-    dropout: float = 0.5
+    dropout: float = 0.5  # probability of zeroing a hidden FC unit in training (0: no dropout)
     dropout_position: str = "after"  # after fc6/fc7 (paper) | before fc6/fc7 (torchvision's layout)
     adaptive_pool: int = 0  # >0: AdaptiveAvgPool2d(n) before the FC layers (torchvision's layout)
     init: str = "paper"  # paper: N(0, init_std^2), biases 0/1 | torchvision: PyTorch's default | kaiming
-    init_std: float = 0.01
+    init_std: float = 0.01  # paper init: std of the normal the weights are drawn from
     fc_init_std: float = 0.0  # 0: same as init_std
 
 
@@ -80,16 +80,16 @@ class OptimConfig:
     """The paper's SGD rule and its schedule: SPEC section 2."""
 
     batch_size: int = 128  # global batch, split over ranks
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
+    lr: float = 0.01  # learning rate of the weights, per batch of batch_size (the gradient is the batch mean)
+    momentum: float = 0.9  # m in v <- m v - ...: the share of the last step kept
+    weight_decay: float = 0.0005  # the paper's rule: v -= weight_decay * lr * w each step
     bias_decay: bool = False  # authors' code: no weight decay on biases
     bias_lr_mult: float = 1.0  # authors' code used 2; the paper says equal rates
     rule: str = "paper"  # paper: v = m v - wd lr w - lr g; w += v | torch: torch.optim.SGD's rule
     schedule: str = "plateau"  # plateau: /10 when val error stops improving | milestones | constant
     patience: int = 3  # epochs without improvement before a drop
     drops: int = 3  # the paper divided the rate by 10 three times, then stopped
-    factor: float = 0.1
+    factor: float = 0.1  # what the rate is multiplied by at each drop
     min_improvement: float = 0.0  # in percentage points of top-1 error
     milestones: list[int] = field(default_factory=list)  # epochs at which lr *= factor (schedule=milestones)
     warmup_epochs: float = 0.0  # linear warm-up (not in the paper; for large batches)
@@ -105,8 +105,8 @@ class OptimConfig:
 class TrainConfig:
     """How a run is executed: devices, precision, logging, checkpoints."""
 
-    epochs: int = 90
-    seed: int = 0
+    epochs: int = 90  # passes over the training split at most
+    seed: int = 0  # every random draw (init, order, augmentation, dropout) follows from it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: str = "auto"  # auto (on: it wins on CPU and GPU) | on | off
@@ -123,7 +123,7 @@ class TrainConfig:
     store_on_device: bool = False  # hold the uint8 store in device memory (when it fits)
     max_steps: int = 0  # stop after this many steps in total (0: no limit); for smoke runs
     limit_train: int = 0  # use only the first N training images (0: all)
-    limit_val: int = 0
+    limit_val: int = 0  # validate on the first N images only (0: all)
 
 
 @dataclass
@@ -291,12 +291,54 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def key_docs() -> list[dict[str, Any]]:
+    """Every key with its type, default, allowed values and meaning. The meaning is the comment written beside
+    the field (or on the lines just above it) in this file: the dataclasses stay the one source."""
+    import inspect
+    import io
+    import tokenize
+
+    rows = []
+    for section, cls in _SECTIONS.items():
+        comments: dict[str, str] = {}
+        above: list[str] = []
+        tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+        line_name: str | None = None
+        for tok in tokens:
+            if tok.type == tokenize.NL or tok.type == tokenize.NEWLINE:
+                line_name = None
+                continue
+            if tok.type == tokenize.COMMENT:
+                text = tok.string.lstrip("#").strip()
+                if line_name is not None:
+                    comments[line_name] = text
+                else:
+                    above.append(text)
+            elif tok.type == tokenize.NAME and line_name is None and tok.start[1] == 4:
+                line_name = tok.string
+                if above and line_name not in comments:
+                    comments[line_name] = " ".join(above)
+                above = []
+        defaults = cls()
+        for f in fields(cls):
+            key = f"{section}.{f.name}"
+            annotation = _hints(cls)[f.name]
+            generic = typing.get_origin(annotation) is not None
+            kind = str(annotation) if generic else getattr(annotation, "__name__", str(annotation))
+            rows.append({"key": key, "type": kind,
+                         "default": getattr(defaults, f.name), "choices": list(CHOICES.get(key, ())),
+                         "meaning": comments.get(f.name, "")})
+    return rows
+
+
 def all_keys() -> list[str]:
     return [f"{name}.{f.name}" for name, cls in _SECTIONS.items() for f in fields(cls)]
 
 
 def _resolve_key(key: str) -> str:
     """'lr' -> 'optim.lr' when the bare name is unique; dotted keys are checked as they are."""
+    if not isinstance(key, str):
+        raise UserError(f"config key {key!r} is not a name: keys are words such as lr or optim.lr")
     keys = all_keys()
     if key in keys:
         return key

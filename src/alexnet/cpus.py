@@ -36,9 +36,19 @@ def idle_cores_between(before: tuple[int, int], after: tuple[int, int], cores: i
     return cores * (after[0] - before[0]) / total
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or `taskset`'s limit), not every core
+    of the machine; os.cpu_count() where affinity is not available."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def idle_cores(window: float = 0.25) -> int:
-    """The number of cores idle now (at least 1), measured over `window` seconds."""
-    cores = os.cpu_count() or 1
+    """The number of this process's cores idle now (at least 1), measured over `window` seconds. The idle share
+    is the machine's, applied to the cores this process may use."""
+    cores = usable_cores()
     before = cpu_times()
     if before is None:
         return cores

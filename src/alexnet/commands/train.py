@@ -15,6 +15,18 @@ from pathlib import Path
 from alexnet.config import PRESETS
 
 
+def preset_values(key: str) -> str:
+    """'paper 0.01, one-tower 0.01, cifar 0.02, ...': a key's value in each preset, for the help texts."""
+    from alexnet.config import build_config
+
+    return ", ".join(f"{name} {_get(build_config(name), key)}" for name in PRESETS)
+
+
+def _get(cfg: object, key: str) -> object:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a network",
@@ -23,13 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="paper", help=" | ".join(PRESETS) + " (default paper)")
     p.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
     p.add_argument("--out", required=True, type=Path, help="run directory (config, metrics, checkpoints)")
-    p.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")
+    p.add_argument("--epochs", type=int,
+                   help=f"number of epochs (default: the preset's: {preset_values('train.epochs')})")
     p.add_argument("--config", type=Path, help="YAML file of config overrides")
     p.add_argument("--resume", help="auto (newest valid checkpoint of --out) or a checkpoint path")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--batch-size", "-b", type=int, dest="batch_size", help="global batch size (default 128)")
-    p.add_argument("--lr", type=float, help="base learning rate (default 0.01)")
+    p.add_argument("--batch-size", "-b", type=int, dest="batch_size",
+                   help=f"global batch size (default: the preset's: {preset_values('optim.batch_size')})")
+    p.add_argument("--lr", type=float,
+                   help=f"base learning rate (default: the preset's: {preset_values('optim.lr')}; "
+                        "`alexnet config --preset P` shows every value)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (one per GPU), launched through torchrun")
     p.add_argument("--max-restarts", type=int, default=0, metavar="N",

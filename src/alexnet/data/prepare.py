@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet.cpus import usable_cores
 from alexnet.data import ilsvrc
 from alexnet.data.classnames import class_names
 from alexnet.data.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
@@ -85,7 +86,7 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
     size = source.default_size if size is None else int(size)
     if not 1 <= size <= 4096:
         raise UserError(f"--size must be between 1 and 4096, not {size}")
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    workers = usable_cores() if workers is None else int(workers)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
     chunk = _chunk_size(chunk_size, size, sum(len(s.items) for s in source.splits.values()))
