@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/alexnet demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks hubconf.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --timeout 600

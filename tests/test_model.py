@@ -1,5 +1,7 @@
 """The network against independent computations: layer formulas, torchvision, separate towers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,3 +186,52 @@ def test_tower_convolution_modes_choose_their_calls():
     one_tower = [m for m in alexnet.build_model("one-tower", tower_convs="split").features
                  if isinstance(m, nn.Conv2d)]
     assert [c.pieces(on_cpu) for c in one_tower] == [1, 1, 1, 1, 1]
+
+
+def test_build_model_with_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch):
+    """weights="torchvision" reads torchvision's file from torch's hub cache (here a file made in the test) and
+    gives torchvision's logits; nothing is downloaded."""
+    import torchvision
+
+    import alexnet
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # so get_dir() is $TORCH_HOME/hub
+    assert Path(torch.hub.get_dir()) == tmp_path / "hub"
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match="is not there"):
+        alexnet.build_model("one-tower", weights="torchvision")
+    torch.manual_seed(3)
+    reference = torchvision.models.alexnet().eval()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / alexnet.TORCHVISION_WEIGHTS)
+    ours = alexnet.build_model("one-tower", weights="torchvision")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+    with pytest.raises(UserError, match="one-tower preset"):
+        alexnet.build_model("paper", weights="torchvision")
+    # the same through torch.hub from this checkout
+    repo = Path(__file__).resolve().parents[1]
+    hub_model = torch.hub.load(str(repo), "alexnet", source="local", preset="one-tower", weights="torchvision")
+    with torch.no_grad():
+        torch.testing.assert_close(hub_model(x), reference(x))
+    demo = torch.hub.load(str(repo), "alexnet", source="local", preset="demo", lrn=False)
+    assert not any(type(m).__name__ == "LocalResponseNorm" for m in demo.modules())
+
+
+def test_build_model_with_a_checkpoint_gives_its_weights(shapes_store, tmp_path):
+    import alexnet
+    from alexnet.config import build_config
+    from alexnet.errors import UserError
+    from alexnet.train import train
+
+    overrides = {"optim.batch_size": 16, "data.crop": 32, "model.widths": [16, 32, 32, 32, 32],
+                 "model.fc": [64, 64], "train.max_steps": 2, "train.threads": 1}
+    assert train(build_config("demo", overrides=overrides), str(shapes_store), tmp_path / "run", progress=False) == 0
+    model = alexnet.build_model("demo", weights=str(tmp_path / "run" / "last.pt"))
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match="holds a 'demo' model, not 'paper'"):
+        alexnet.build_model("paper", weights=str(tmp_path / "run" / "last.pt"))
