@@ -24,7 +24,9 @@ config, the class ids and the class names as JSON strings.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import tempfile
@@ -189,8 +191,12 @@ def load_safetensors(path: str | Path) -> tuple[AlexNet, Config, ModelInfo]:
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
-def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> Agreement:
-    """Write the ONNX file after checking it with onnxruntime against the eager model (with alexnet.ops' LRN)."""
+def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, exporter: str = "dynamo") -> Agreement:
+    """Write the ONNX file after checking it with onnxruntime against the eager model (with alexnet.ops' LRN).
+
+    exporter: "dynamo", PyTorch's current exporter (torch.export, then onnxscript), where LRN becomes standard
+    ops (Pow, AveragePool over the maps, Div); or "torchscript", the deprecated tracing exporter, which honours
+    the LRN's `symbolic` and writes ONNX's own LRN operator, for runtimes that fuse it."""
     try:
         import onnx  # noqa: F401  (the exporter needs it)
         import onnxruntime
@@ -200,8 +206,18 @@ def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> Agre
     reference = CropClassifier(copy.deepcopy(model).cpu().eval(), cfg, info).eval()
 
     def write(tmp: str) -> None:
+        if exporter == "dynamo":
+            try:
+                import onnxscript  # noqa: F401  (the dynamo exporter translates through it)
+            except ImportError:
+                raise UserError("the ONNX exporter needs onnxscript: pip install 'alexnet[export]', or pass "
+                                "--onnx-exporter torchscript") from None
+            with contextlib.redirect_stdout(io.StringIO()):  # its progress lines, not ours
+                torch.onnx.export(wrapper, (random_crops(cfg, 2),), tmp, dynamo=True, input_names=["crops"],
+                                  output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                  verbose=False)
+            return
         with warnings.catch_warnings():
-            # dynamo=False: the TorchScript-based exporter, which needs no onnxscript and honours `symbolic`
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(wrapper, (random_crops(cfg, 2),), tmp, dynamo=False, opset_version=ONNX_OPSET,
@@ -219,6 +235,34 @@ def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> Agre
         result["agreement"] = agreement = compare(got, want)
         if not agreement.ok:
             raise UserError(f"onnxruntime disagrees with PyTorch: {agreement.describe()}; no file written")
+
+    _write_atomically(out, write, check)
+    return result["agreement"]
+
+
+# ------------------------------------------------------------------------------------------------ torch.export
+def export_program(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> Agreement:
+    """torch.export's ExportedProgram (.pt2, the successor of TorchScript), batch size free; checked after
+    loading it back (torch.export.load) against the eager model."""
+    wrapper = CropClassifier(traceable_copy(model), cfg, info).eval()
+    reference = CropClassifier(copy.deepcopy(model).cpu().eval(), cfg, info).eval()
+    result: dict[str, Agreement] = {}
+
+    def write(tmp: str) -> None:
+        with torch.no_grad():
+            program = torch.export.export(wrapper, (random_crops(cfg, 2),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, tmp)
+
+    def check(tmp: str) -> None:
+        crops = random_crops(cfg, 3, seed=1)
+        with torch.no_grad():
+            got = torch.export.load(tmp).module()(crops)
+            want = reference(crops)
+        result["agreement"] = agreement = compare(got.numpy(), want.numpy())
+        if not agreement.ok:
+            raise UserError(f"the exported program disagrees with the eager model: {agreement.describe()}; "
+                            "no file written")
 
     _write_atomically(out, write, check)
     return result["agreement"]
@@ -252,7 +296,7 @@ def export_torchscript(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) 
     return result["agreement"]
 
 
-FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".torchscript.pt"}
+FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "export": ".pt2", "torchscript": ".torchscript.pt"}
 
 
 def _umask() -> int:
