@@ -77,3 +77,33 @@ def test_large_batch_mode_scales_the_rate_with_the_batch_and_says_so(shapes_stor
     assert set(lrs) == {3, 6, 9, 12}
     for s, lr in lrs.items():
         assert lr == pytest.approx(0.02 * 32 / 128 * min(1.0, (s - 1) / steps), rel=1e-6)
+
+
+def test_dry_run_reports_the_run_and_writes_nothing(shapes_store, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    from alexnet.config import build_config
+    from alexnet.data.store import open_store
+    from alexnet.model import AlexNet, count_parameters
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["train", "--preset", "demo", "--data", str(shapes_store), "--out", str(tmp_path / "run"), "--dry-run",
+            "--json", "optim.batch_size=16", "train.threads=1", "train.epochs=3"]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    n_train = len(open_store(shapes_store).split("train"))
+    cfg = build_config("demo", overrides={"model.num_classes": 4})
+    assert report["parameters"] == count_parameters(AlexNet(cfg.model, cfg.data.crop))
+    assert report["steps_per_epoch"] == n_train // 16 and report["batch_size"] == 16
+    assert report["total_seconds_estimate"] == pytest.approx(3 * (n_train // 16) * report["step_seconds"])
+    # weights + gradients + velocities alone are 12 bytes a parameter: the estimate is at least that
+    assert report["memory_bytes_estimate"] > 12 * report["parameters"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, no stores/, nothing
+    # an existing run is refused as a real run would be, and a bad key too
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("x: 1\n")
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr

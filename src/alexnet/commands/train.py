@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--towers", metavar="DEV0,DEV1",
                    help="the paper's model parallelism: tower 1 on DEV0, tower 2 on DEV1 (e.g. cuda:0,cuda:1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, data and run folder, print parameters, multiply-adds, steps per epoch, "
+                        "memory and a time estimate from a few timed steps; write nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the report as one JSON object")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=run)
 
@@ -85,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--towers needs a two-tower model; this config has model.towers={cfg.model.towers}: "
                             "drop --towers or set towers=2")
         towers = parse_tower_devices(args.towers)
+    if args.dry_run:
+        import json
+
+        from alexnet.dryrun import dry_run, format_report
+
+        report = dry_run(cfg, args.data, args.out, args.resume)
+        print(json.dumps(report) if args.json else format_report(report))
+        return 0
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from alexnet.data.resolve import resolve_data
         from alexnet.train import prepare_run_dir
