@@ -107,3 +107,25 @@ def test_dry_run_reports_the_run_and_writes_nothing(shapes_store, tmp_path):
     (tmp_path / "run" / "config.yaml").write_text("x: 1\n")
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_validation_shows_progress_over_every_image(shapes_store, capsys):
+    from alexnet.config import build_config
+    from alexnet.data.augment import ColourStats
+    from alexnet.data.loader import BatchLoader
+    from alexnet.data.store import open_store
+    from alexnet.evaluate import evaluate
+    from alexnet.model import AlexNet
+
+    store = open_store(shapes_store)
+    cfg = build_config("demo", overrides={"model.num_classes": 4, "data.image_size": 36, "data.crop": 32})
+    val = store.split("val")
+    loader = BatchLoader(val.images, val.labels, 16, torch.device("cpu"))
+    stats = ColourStats.build(torch.from_numpy(store.mean), torch.from_numpy(store.pca_eigenvectors),
+                              torch.from_numpy(store.pca_eigenvalues), cfg.data.normalize, torch.device("cpu"))
+    quiet = evaluate([AlexNet(cfg.model, 32)], loader, cfg.data, [stats], ten_crop=True)
+    assert capsys.readouterr().err == ""
+    shown = evaluate([AlexNet(cfg.model, 32)], loader, cfg.data, [stats], ten_crop=True, progress=True)
+    err = capsys.readouterr().err
+    assert "validation (ten crops)" in err and f"0/{len(val)} " in err  # a bar over every image of the split
+    assert shown["images"] == quiet["images"] == len(val)

@@ -46,19 +46,32 @@ def predict_probs(models: Sequence[nn.Module], images: torch.Tensor, cfg: DataCo
 @torch.no_grad()
 def evaluate(models: Sequence[nn.Module], loader: BatchLoader, cfg: DataConfig,
              stats: Sequence[ColourStats], ten_crop: bool = False,
-             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
-    """Errors in percent over the whole split (all ranks together) and the number of images counted."""
+             autocast: contextlib.AbstractContextManager | None = None, progress: bool = False) -> dict[str, float]:
+    """Errors in percent over the whole split (all ranks together) and the number of images counted.
+
+    progress: a tqdm bar of this rank's images (on stderr; pass False off a terminal and on other ranks)."""
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
     device = loader.device
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, nll sum, count
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        share = loader.n // loader.world_size + (1 if loader.rank < loader.n % loader.world_size else 0)
+        bar = tqdm(total=share, desc="validation" + (" (ten crops)" if ten_crop else ""), unit="img",
+                   dynamic_ncols=True, leave=False)
     for batch in loader.eval_batches():
+        if bar is not None:
+            bar.update(len(batch.labels))
         probs = predict_probs(models, batch.images, cfg, stats, ten_crop, autocast)
         c1, c5 = topk_correct(probs, batch.labels)
         nll = -torch.log(probs.gather(1, batch.labels[:, None]).clamp_min(1e-12)).sum()
         sums += torch.stack([c1.double(), c5.double(), nll.double(),
                              torch.tensor(float(len(batch.labels)), dtype=torch.float64, device=device)])
+    if bar is not None:
+        bar.close()
     for m, t in zip(models, was_training):
         m.train(t)
     all_reduce_sum(sums)

@@ -550,7 +550,7 @@ class Run:
         if self.val_loader is None:
             return None
         return evaluate([self.net], self.val_loader, self.cfg.data, [self.stats], self.cfg.train.eval_ten_crop,
-                        self.autocast)
+                        self.autocast, progress=self.progress)
 
     def _resume(self, resume: str) -> None:
         if resume == "auto":

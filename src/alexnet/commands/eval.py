@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -16,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="which split of the store (default val)")
     p.add_argument("--ten-crop", action="store_true", help="average the ten views of SPEC section 3")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none either off a terminal)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", "-b", type=int, default=128, dest="batch_size")
     p.add_argument("--cache", type=Path, default=None, help="where raw folders are prepared (default ./stores)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     data_cfg = cfg0.data
     stats = [info.stats(cfg, device) for _, cfg, info in loaded]
     result = evaluate([m for m, _, _ in loaded], loader, data_cfg, stats, args.ten_crop,
-                      precision_context(cfg0, device))
+                      precision_context(cfg0, device), progress=not args.no_progress and sys.stderr.isatty())
     result.update({"checkpoints": [str(p) for p in args.checkpoints], "views": 10 if args.ten_crop else 1,
                    "split": args.split})
     if args.json:
