@@ -98,8 +98,9 @@ CLI_CASES = [
     ("eval {w}/evil.pt --data {store}", "asks to run Python code (posix.system)"),
     ("eval {ckpt} --data {store3}", "the data's 3 classes are not the 4 classes the checkpoint was trained on"),
     ("eval {ckpt} --data {store} --batch-size -1", "--batch-size must be positive"),
-    # summary, demo, prepare
+    # summary, config, demo, prepare
     ("summary --preset nope", "unknown preset 'nope'"),
+    ("config --preset cifar lr=-1", "optim.lr must be positive"),
     ("demo --out {w}/not-a-demo", "exists and is not a demo directory"),
     ("prepare /no/such/images --out s", "/no/such/images does not exist"),
     ("prepare {images} --out {store}", "already holds a store; pass --overwrite"),

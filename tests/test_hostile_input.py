@@ -160,10 +160,15 @@ def _store_copy(src: Path, dst: Path, change=None) -> str:  # noqa: ANN001
     return str(dst)
 
 
-def _checkpoint_copy(src: Path, dst: Path, change) -> str:  # noqa: ANN001
+def _checkpoint_copy(src: Path, dst: Path, change, resign: bool) -> str:  # noqa: ANN001
+    """A copy of a checkpoint with `change` made; `resign` records the checksum of the changed content, as a
+    crafted file would (so that the checks behind the checksum are reached), else the old checksum stays (a file
+    damaged on disk)."""
+    from alexnet.checkpoint import with_checksum
+
     ckpt = torch.load(src, weights_only=True)
     change(ckpt)
-    torch.save(ckpt, dst)
+    torch.save(with_checksum(ckpt) if resign else ckpt, dst)
     return str(dst)
 
 
@@ -263,8 +268,9 @@ def hostile(shapes_store, shapes_folder, tmp_path_factory):
         (d / "val" / "images.npy").read_bytes()[:-1] + b"\x07"), "checksum mismatch")
 
     # --- checkpoints with the marker and the wrong contents
-    def ckpt_case(tag: str, change, expected: str, commands=("eval", "predict", "export", "resume")) -> None:  # noqa: ANN001
-        path = _checkpoint_copy(ckpt, w / f"ckpt-{tag}.pt", change)
+    def ckpt_case(tag: str, change, expected: str, commands=("eval", "predict", "export", "resume"),  # noqa: ANN001
+                  resign: bool = True) -> None:
+        path = _checkpoint_copy(ckpt, w / f"ckpt-{tag}.pt", change, resign)
         for command in commands:
             if command == "eval":
                 case(["eval", path, "--data", store], expected)
@@ -292,7 +298,9 @@ def hostile(shapes_store, shapes_folder, tmp_path_factory):
     ckpt_case("optimizer", lambda c: c.__setitem__("optimizer", {"state": 3}), "'optimizer' is not",
               ("resume", "eval"))
     ckpt_case("bitflip", lambda c: c["model"]["features.0.weight"][0, 0, 0].add_(1.0),
-              "does not match the checksum")
+              "does not match the checksum", resign=False)
+    ckpt_case("renamed", lambda c: c["classes"].__setitem__(0, "someone-else"), "does not match the checksum",
+              ("eval", "predict"), resign=False)
     ckpt_case("config", lambda c: c.__setitem__("config", {"model": {"widths": "big"}}), "holds no usable config",
               ("eval", "predict"))
 
