@@ -237,3 +237,15 @@ def test_bad_input_is_one_line_and_exit_status_2(store32, tmp_path, args, messag
     proc = run_cli("reproduce", *args, "--data", str(store32), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_run_stops_where_an_earlier_rate_reached_the_target(store32, tmp_path):
+    # target 99%: the first rate gets there in epoch 1, so the second stops after 1 epoch whatever it does
+    opts = Figure1Options(target=99, max_epochs=4, rates=(0.001, 1e-9), max_extend=0,
+                          overrides=parse_assignments(FIGURE1_TINY), activations=("relu",))
+    reproduce_figure1(open_store(store32), tmp_path, opts, say=lambda line: None)
+    assert len(epoch_records(tmp_path / "relu-lr1e-09")) == 1 and len(epoch_records(tmp_path / "relu-lr0.001")) == 1
+    # unreachable target: no rate reaches it, each runs to max_epochs
+    opts = dataclasses.replace(opts, target=0.5, max_epochs=2)
+    reproduce_figure1(open_store(store32), tmp_path / "b", opts, say=lambda line: None)
+    assert [len(epoch_records(tmp_path / "b" / f"relu-lr{lr:g}")) for lr in (1e-9, 0.001)] == [2, 2]

@@ -129,3 +129,35 @@ def test_validation_shows_progress_over_every_image(shapes_store, capsys):
     err = capsys.readouterr().err
     assert "validation (ten crops)" in err and f"0/{len(val)} " in err  # a bar over every image of the split
     assert shown["images"] == quiet["images"] == len(val)
+
+
+def test_tensorboard_holds_conv1_kernels_each_epoch_and_the_hparams(shapes_store, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from alexnet.config import build_config
+    from alexnet.plots import kernel_grid
+    from alexnet.train import train
+
+    overrides = {"optim.batch_size": 16, "data.crop": 32, "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64],
+                 "train.epochs": 2, "train.threads": 1, "train.limit_train": 64, "train.limit_val": 16}
+    run = tmp_path / "run"
+    assert train(build_config("demo", overrides=overrides), str(shapes_store), run, progress=False) == 0
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("conv1/kernels")
+    assert [i.step for i in images] == [4, 8]  # after each epoch: 64 images / 16 = 4 steps each
+    weight = torch.load(run / "last.pt", weights_only=True)["model"]["features.0.weight"]
+    grid, _ = kernel_grid(weight.float().numpy(), 2)
+    from io import BytesIO
+
+    from PIL import Image
+
+    last = Image.open(BytesIO(images[-1].encoded_image_string))
+    assert last.size == (grid.shape[1], grid.shape[0])  # the same tiling as `alexnet kernels`
+    hparams = EventAccumulator(str(run / "tensorboard" / "hparams"))
+    hparams.Reload()
+    (best,) = hparams.Scalars("hparam/best_val_top1_error")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert best.value == pytest.approx(min(r["val_top1_error"] for r in records if r["kind"] == "epoch"))
+    raw = b"".join(p.read_bytes() for p in (run / "tensorboard" / "hparams").glob("events.*"))
+    assert b"_hparams_/experiment" in raw and b"optim.lr" in raw and b"model.widths" in raw  # the config

@@ -281,6 +281,37 @@ class Run:
                 self._log_failed("tensorboard events", exc)
                 self.writer = None
 
+    def log_figures(self) -> None:
+        """conv1's kernels as an image in TensorBoard after each epoch: the paper's Figure 3 as it forms."""
+        if self.writer is None:
+            return
+        first = self.model.features[0]
+        # the towers model holds conv1 as one half per device; its grouped weight is the two halves stacked
+        weight = first.weight if hasattr(first, "weight") else torch.cat([half.weight.cpu() for half in first])
+        if weight.dim() != 4 or weight.shape[1] != 3:
+            return  # conv1 of a locally connected or non-RGB net: nothing to draw
+        from alexnet.plots import kernel_grid
+
+        grid, _ = kernel_grid(weight.detach().float().cpu().numpy(), self.cfg.model.towers)
+        try:
+            self.writer.add_image("conv1/kernels", grid, self.state.global_step, dataformats="HWC")
+        except OSError as exc:
+            self._log_failed("tensorboard events", exc)
+
+    def log_hparams(self) -> None:
+        """The run's config as TensorBoard hparams, with the final metrics, so that runs compare in its table."""
+        if self.writer is None or self.schedule.history == [] and self.state.epoch == 0:
+            return
+        flat = {f"{section}.{key}": (value if isinstance(value, (int, float, str, bool)) else str(value))
+                for section, values in self.cfg.to_dict().items() if isinstance(values, dict)
+                for key, value in values.items()}
+        final = {"hparam/best_val_top1_error": self.state.best_error if math.isfinite(self.state.best_error)
+                 else 100.0, "hparam/epochs": float(self.state.epoch)}
+        try:
+            self.writer.add_hparams(flat, final, run_name="hparams")
+        except OSError as exc:
+            self._log_failed("tensorboard hparams", exc)
+
     def _log_failed(self, what: str, exc: OSError) -> None:
         if not getattr(self, "_log_warned", False):
             print(f"alexnet: warning: {what} not written ({exc.strerror or exc}); training goes on", file=sys.stderr)
@@ -480,11 +511,13 @@ class Run:
                     record["lr_dropped"] = self.schedule.step(epoch, record["train_top1_error"])
                 st.epoch, st.step_in_epoch, st.epoch_sums = epoch + 1, 0, [0.0, 0.0, 0.0]
                 self.log(record)
+                self.log_figures()
                 self.say(_epoch_line(record, cfg.train.epochs))
                 saved = self.save(is_best=is_best or val is None)
                 self.plot_curves()
                 if self.stop.signum:
                     return self._stopped_by_signal(saved)
+            self.log_hparams()
         finally:
             self.stop.uninstall()
             self.close_logs()

@@ -9,8 +9,10 @@ The protocol (the paper's, as the default `--setting paper`):
   (the paper's heuristic, on training error, since nothing else is measured), the same rule for both nets.
 - Rate selection by what the paper optimised: every rate of a log grid trains on the whole training split
   until the target training error (or `max_epochs`), and the rate that reaches it in the fewest epochs
-  (interpolated) wins. When the winner is at an edge of the grid, the grid grows by one step past that edge
-  (at most `max_extend` times a side), so the chosen rate has slower rates on both sides of it.
+  (interpolated) wins. Run one after another (smallest rate first), a run stops once it can no longer win:
+  at the epoch where an earlier rate reached the target. When the winner is at an edge of the grid, the grid
+  grows by one step past that edge (at most `max_extend` times a side), so that the chosen rate has slower
+  rates on both sides of it.
 - Training error: the running error of the epoch, the share of training images misclassified at the moment
   their batch was trained on (what cuda-convnet printed and plotted; train.py's train_top1_error). The net
   has no dropout and no augmentation, so it is the same net in training and evaluation mode.
@@ -125,15 +127,16 @@ def run_dir_for(out: Path, activation: str, lr: float) -> Path:
     return out / f"{activation}-lr{lr:g}"
 
 
-def train_to_target(store: Any, activation: str, lr: float, out: Path, opts: Figure1Options) -> Curve:
-    """Train on the whole training split until the target training error or max_epochs; a rate whose loss
-    turns non-finite is recorded as diverged (it never reaches the target)."""
+def train_to_target(store: Any, activation: str, lr: float, out: Path, opts: Figure1Options,
+                    cap: int | None = None) -> Curve:
+    """Train on the whole training split until the target training error or `cap` epochs (max_epochs); a rate
+    whose loss turns non-finite is recorded as diverged (it never reaches the target)."""
     run_dir = run_dir_for(out, activation, lr)
     failed = run_dir / "diverged.txt"
     if not failed.is_file():
         view = StoreView(store, {"train": store.split("train")})  # no val split: nothing but training is timed
         try:
-            fit(_config(activation, lr, opts.max_epochs, opts), view, run_dir,
+            fit(_config(activation, lr, cap or opts.max_epochs, opts), view, run_dir,
                 functools.partial(_StopAtTarget, target=opts.target))
         except UserError as exc:
             if "non-finite" not in str(exc):
@@ -179,9 +182,19 @@ def grid_extension(rates: list[float], best: float | None, extended: dict[str, i
     return None
 
 
-def _run_all(store: Any, pairs: list[tuple[str, float]], out: Path, opts: Figure1Options) -> list[Curve]:
+def _run_all(store: Any, pairs: list[tuple[str, float]], out: Path, opts: Figure1Options,
+             grids: dict[str, dict[float, Curve]]) -> list[Curve]:
+    """Train each (activation, rate). One after another, a run stops once it can no longer be the fastest:
+    at the epoch where an earlier rate of its activation reached the target (a tie goes to the smaller rate,
+    and rates run smallest first), which saves the slow and the stuck rates most of their epochs."""
     if opts.jobs <= 1 or len(pairs) == 1:
-        return [train_to_target(store, a, lr, out, opts) for a, lr in pairs]
+        curves = []
+        for a, lr in pairs:
+            done = {**grids[a], **{c.lr: c for c in curves if c.activation == a}}
+            best = fastest(done)
+            cap = opts.max_epochs if best is None else min(opts.max_epochs, math.ceil(done[best].crossing))
+            curves.append(train_to_target(store, a, lr, out, opts, cap))
+        return curves
     with ProcessPoolExecutor(min(opts.jobs, len(pairs)), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_train_in_process, str(store.root), a, lr, out, opts) for a, lr in pairs]
         return [f.result() for f in futures]
@@ -193,7 +206,7 @@ def choose_rates(store: Any, out: Path, opts: Figure1Options, say=print) -> dict
     pending = [(a, lr) for a in opts.activations for lr in opts.rates]
     extended = {a: {"low": 0, "high": 0} for a in opts.activations}
     while pending:
-        for curve in _run_all(store, pending, out, opts):
+        for curve in _run_all(store, sorted(pending, key=lambda p: (p[0], p[1])), out, opts, grids):
             grids[curve.activation][curve.lr] = curve
             say("  " + curve_line(curve, opts.target))
         pending = []
