@@ -137,19 +137,13 @@ def build_or_load_index(model: AlexNet, cfg: Config, info: ModelInfo, store: Any
     return Index(np.load(npy, mmap_mode="r"), np.asarray(data.labels), npy, built=True)
 
 
-def _sampled_digest(path: Path, blocks: int = 64, block: int = 64 * 1024) -> str:
-    """BLAKE2b of the file's size and 64 blocks spread over it (all of it when small): a truncated, rewritten
-    or swapped index is caught without reading all of an ImageNet-sized one (21 GB)."""
+def _sampled_digest(path: Path) -> str:
+    """The index file's size and 64 blocks spread over it: a truncated, rewritten or swapped index is caught
+    without reading all of an ImageNet-sized one (21 GB)."""
+    from alexnet.data.store import add_sampled
+
     digest = hashlib.blake2b(digest_size=16)
-    size = path.stat().st_size
-    digest.update(size.to_bytes(8, "little"))
-    with open(path, "rb") as f:
-        if size <= blocks * block:
-            digest.update(f.read())
-        else:
-            for i in range(blocks):
-                f.seek(i * (size - block) // (blocks - 1))
-                digest.update(f.read(block))
+    add_sampled(digest, path)
     return digest.hexdigest()
 
 
