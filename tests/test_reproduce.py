@@ -76,6 +76,18 @@ def test_grid_grows_one_step_past_a_winning_edge():
     assert grid_extension([0.001, 0.003], 0.001, used, 2) is None  # that side is spent
 
 
+def test_the_grid_grows_towards_the_lowest_error_when_no_rate_reached_the_target():
+    from alexnet.reproduce.figure1 import leading
+
+    curves = {0.001: Curve("tanh", 0.001, [60.0, 50.0], [], None, None),
+              0.01: Curve("tanh", 0.01, [50.0, 30.0], [], None, None),
+              1.0: Curve("tanh", 1.0, [90.0], [], None, None, diverged=True)}
+    assert leading(curves) == 0.01
+    curves[0.003] = _curve(0.003, 4.5)
+    assert leading(curves) == 0.003  # a rate that reached it leads
+    assert leading({1.0: Curve("tanh", 1.0, [], [], None, None, diverged=True)}) is None
+
+
 def test_paper_setting_is_the_default_and_the_heuristic_an_option():
     paper = _config("tanh", 0.001, 30, Figure1Options())
     assert paper.model.init == "paper" and paper.model.init_std == 0.01 and paper.data.normalize == "mean-image"

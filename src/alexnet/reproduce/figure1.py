@@ -10,9 +10,9 @@ The protocol (the paper's, as the default `--setting paper`):
 - Rate selection by what the paper optimised: every rate of a log grid trains on the whole training split
   until the target training error (or `max_epochs`), and the rate that reaches it in the fewest epochs
   (interpolated) wins. Run one after another (smallest rate first), a run stops once it can no longer win:
-  at the epoch where an earlier rate reached the target. When the winner is at an edge of the grid, the grid
-  grows by one step past that edge (at most `max_extend` times a side), so that the chosen rate has slower
-  rates on both sides of it.
+  at the epoch where an earlier rate reached the target. When the winner (or, if no rate reached the target,
+  the rate whose training error ended lowest) is at an edge of the grid, the grid grows by one step past
+  that edge (at most `max_extend` times a side), so that the chosen rate has slower rates on both sides.
 - Training error: the running error of the epoch, the share of training images misclassified at the moment
   their batch was trained on (what cuda-convnet printed and plotted; train.py's train_top1_error). The net
   has no dropout and no augmentation, so it is the same net in training and evaluation mode.
@@ -167,6 +167,16 @@ def fastest(curves: dict[float, Curve]) -> float | None:
     return min(reached, key=lambda lr: (curves[lr].crossing, lr))
 
 
+def leading(curves: dict[float, Curve]) -> float | None:
+    """The rate to grow the grid around: the fastest to the target, or when none reached it, the one whose
+    training error ended lowest (the direction the fastest rate lies in); None when every rate diverged."""
+    best = fastest(curves)
+    if best is not None:
+        return best
+    alive = [lr for lr, c in curves.items() if c.errors and not c.diverged]
+    return min(alive, key=lambda lr: (curves[lr].errors[-1], lr)) if alive else None
+
+
 def grid_extension(rates: list[float], best: float | None, extended: dict[str, int], max_extend: int) -> float | None:
     """The next rate to try when the winner sits at an edge of the grid: one grid step past it (the step is
     the ratio of the two rates nearest that edge); None when the winner is inside, or the edge is spent."""
@@ -211,7 +221,7 @@ def choose_rates(store: Any, out: Path, opts: Figure1Options, say=print) -> dict
             say("  " + curve_line(curve, opts.target))
         pending = []
         for a in opts.activations:
-            more = grid_extension(list(grids[a]), fastest(grids[a]), extended[a], opts.max_extend)
+            more = grid_extension(list(grids[a]), leading(grids[a]), extended[a], opts.max_extend)
             if more is not None:
                 say(f"{a}: the fastest rate is at the edge of the grid: trying lr {more:.3g} as well")
                 pending.append((a, float(f"{more:.3g}")))
