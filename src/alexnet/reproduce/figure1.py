@@ -311,11 +311,11 @@ def reproduce_figure1(store: Any, out: Path, opts: Figure1Options, say=print) ->
         f"{opts.target:g}% training error (at most {opts.max_epochs} epochs)")
     grids = choose_rates(store, out, opts, say)
     curves = []
-    for a, grid in grids.items():
-        best = fastest(grid)
-        chosen = grid[best] if best is not None else min(grid.values(), key=lambda c: (c.errors or [100])[-1])
+    for grid in grids.values():
+        lead = leading(grid)
+        chosen = grid[lead] if lead is not None else next(iter(grid.values()))
         curves.append(chosen)
-        say(f"{a}: chosen {curve_line(chosen, opts.target)}")
+        say(f"chosen: {curve_line(chosen, opts.target)}")
     table = rate_table(grids, opts.target)
     if len(curves) < len(ACTIVATIONS):
         return curves, ""  # one activation alone: no ratio, no figure (run both to get them)
