@@ -135,7 +135,7 @@ def test_figure1_writes_its_plot_and_prints_the_ratio(store32, tmp_path):
                    "--target", "99", "--sweep", "0.001,1e6", "--max-extend", "0", "--jobs", "2", *FIGURE1_TINY)
     assert proc.returncode == 0, proc.stderr
     assert "relu: lr 1e+06 diverged (non-finite loss)" in proc.stdout
-    assert "relu: chosen relu: lr 0.001, 99% training error after 1 epochs" in proc.stdout
+    assert "chosen: relu: lr 0.001, 99% training error after 1 epochs" in proc.stdout
     # every net is below 99% after one epoch, so each stops there and the ratio is 1
     for activation in ("relu", "tanh"):
         records = epoch_records(out / f"{activation}-lr0.001")
