@@ -377,6 +377,18 @@ def hostile(shapes_store, shapes_folder, tmp_path_factory):
         case(["train", "--preset", "demo", "--data", store, "--out", w / f"r-env-{len(cases)}",
               *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()]], expected, env)
 
+    # --- label files that are not UTF-8 text
+    flat = w / "flat"
+    flat.mkdir()
+    (flat / "ILSVRC2012_val_00000001.JPEG").write_bytes(encode(pattern(24, 24, 1)))
+    (w / "labels-latin1.csv").write_bytes("ImageId,PredictionString\nILSVRC2012_val_00000001,n01 caf\xe9\n"
+                                          .encode("latin-1"))
+    case(["prepare", flat, "--labels", w / "labels-latin1.csv", "--out", w / "o-latin1"], "is not UTF-8 text")
+    (w / "labels.csv").write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n")
+    (w / "synsets-latin1.txt").write_bytes("n01440764 caf\xe9\n".encode("latin-1"))
+    case(["prepare", flat, "--labels", w / "labels.csv", "--synsets", w / "synsets-latin1.txt", "--out",
+          w / "o-syn"], "synset mapping")
+
     # --- a linked .partial
     linked = w / "linked-store"
     linked.mkdir()

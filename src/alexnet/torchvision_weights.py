@@ -62,7 +62,12 @@ def read_class_list(path: str | Path, count: int) -> tuple[list[str], list[str]]
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--classes {path} does not exist")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"--classes {path} is not UTF-8 text: one class id per line") from None
+    except OSError as exc:
+        raise UserError(f"cannot read --classes {path}: {exc.strerror or exc}") from None
     if len(lines) != count:
         raise UserError(f"--classes {path} lists {len(lines)} classes but the weights have {count} outputs")
     ids, names = [], []

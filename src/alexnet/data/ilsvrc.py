@@ -36,8 +36,10 @@ def read_val_solution(path: str | Path) -> Labels:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
-    except OSError as exc:
-        raise UserError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"labels file {path} is not UTF-8 text: is it the LOC_val_solution.csv?") from None
+    except (OSError, csv.Error) as exc:
+        raise UserError(f"cannot read labels file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if not rows or [c.strip() for c in rows[0][:2]] != ["ImageId", "PredictionString"]:
         raise UserError(f"{path} is not a LOC_val_solution.csv (first line must be ImageId,PredictionString)")
     by_stem: dict[str, str] = {}
@@ -57,6 +59,8 @@ def read_synset_mapping(path: str | Path) -> dict[str, str]:
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"synset mapping {path} is not UTF-8 text: is it LOC_synset_mapping.txt?") from None
     except OSError as exc:
         raise UserError(f"cannot read synset mapping {path}: {exc.strerror or exc}") from None
     words: dict[str, str] = {}

@@ -31,7 +31,7 @@ import numpy as np
 
 from alexnet.data import cifar
 from alexnet.data.classnames import CIFAR10_CLASSES
-from alexnet.data.decode import SkipImage, decode_image, read_bytes, resize_center_crop
+from alexnet.data.decode import MAX_IMAGE_FILE_BYTES, SkipImage, decode_image, read_bytes, resize_center_crop
 from alexnet.data.ilsvrc import Labels
 from alexnet.errors import UserError
 
@@ -79,6 +79,8 @@ def item_pixels(item: Item, size: int) -> np.ndarray:
     if item.kind == "file":
         return decode_image(read_bytes(item.path), size)
     if item.kind == "tar":
+        if item.size > MAX_IMAGE_FILE_BYTES:
+            raise SkipImage(f"{item.size} bytes: larger than any image this reads ({MAX_IMAGE_FILE_BYTES})")
         try:
             with open(item.path, "rb") as f:
                 data = os.pread(f.fileno(), item.size, item.offset)
