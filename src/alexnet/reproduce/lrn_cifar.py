@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from alexnet.config import Config, build_config
 from alexnet.errors import UserError
 from alexnet.reproduce.common import StoreView, disjoint_samples, finished_epochs, fit, take
@@ -101,8 +99,9 @@ def _schedule_stopped(run_dir: Path) -> bool:
     last = run_dir / "last.pt"
     if not last.is_file():
         return False
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    return bool(ckpt["schedule"]["should_stop"])
+    from alexnet.checkpoint import load_checkpoint
+
+    return bool(load_checkpoint(last)["schedule"]["should_stop"])  # checked and checksummed like any other
 
 
 def holdout_view(store: Any, fraction: float, seed: int = 0) -> StoreView:
