@@ -72,8 +72,8 @@ def cases(quick: bool) -> dict[str, dict]:
     src = imagenet_source()
     if src is not None:
         # the store of the copies: prepared once like any folder (sources/ holds only symlinks)
-        from alexnet.data.prepare import prepare
         from alexnet.data.store import is_store
+        from alexnet.prepare.writer import prepare
 
         store = OUT / "stores" / f"imagenet-samples-x{COPIES}-s256"
         if not is_store(store):

@@ -6,7 +6,7 @@
 The store is the ImageNet photos' store of bench_data.py (256 x 256, 224 crops) tiled to --images rows, so
 an epoch is many batches long (the content does not change the speed). Each case builds a `Run` exactly as
 `alexnet train` does (bf16 autocast, channels_last, the data path's prefetch thread, PaperSGD, the per-step
-bookkeeping) and times --steps steps of Run.train_one_epoch after a warm-up (compilation included there),
+bookkeeping) and times --steps steps of train.train_one_epoch after a warm-up (compilation included there),
 against the same model and optimizer stepping one already augmented batch again and again (what the step
 costs with a free data path). Beside them torchvision's alexnet, stepped the same way (bf16, channels_last,
 foreach SGD), eager and compiled.
@@ -88,7 +88,7 @@ def tiled_store(src: Path, dst: Path, images: int) -> Path:
 
 
 def pipeline(store: Path, batch: int, compiled: bool, resident: bool, steps: int, device: torch.device) -> dict:
-    """images/s of Run.train_one_epoch, and of the same model re-stepping one augmented batch."""
+    """images/s of train.train_one_epoch, and of the same model re-stepping one augmented batch."""
     import gc
 
     gc.collect()  # the previous case's run and its resident store
@@ -158,7 +158,7 @@ def model_variant_rate(batch: int, compiled: bool, steps: int, device: torch.dev
 
 def variants(batches: list[int], compile_modes: list[bool], steps: int, device: torch.device) -> str:
     """The model alone: LRN by the fused kernels, by the eager passes, and no LRN at all."""
-    from alexnet import ops
+    from alexnet.lrn import layer as ops
 
     rows = []
     for batch in batches:

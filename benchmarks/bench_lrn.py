@@ -1,11 +1,11 @@
-"""Local response normalization, forward + backward: alexnet.ops against torch.nn.LocalResponseNorm.
+"""Local response normalization, forward + backward: alexnet.lrn.layer against torch.nn.LocalResponseNorm.
 
 Usage: .venv/bin/python benchmarks/bench_lrn.py [--quick] [--repeats N] [--threads N] [--cpu-time]
 
 Times both on the paper's two LRN layers at batch 128 (conv1: 128x96x55x55, conv2: 128x256x27x27, each
 two towers), in contiguous and channels_last memory format, and prints a markdown table with the best
 wall time of N runs in milliseconds and the ratio plain / ours. The plain way applies
-torch.nn.LocalResponseNorm to each tower's half and concatenates, as a model without alexnet.ops would.
+torch.nn.LocalResponseNorm to each tower's half and concatenates, as a model without alexnet.lrn.layer would.
 The two are timed in alternation, so a busy machine slows both alike; the load average is printed
 before and after. --quick uses batch 16 and 2 runs (a smoke test, not for quoting). On a machine
 shared with other busy processes wall times swing by several times; --cpu-time runs on one thread and
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from alexnet.ops import local_response_norm
+from alexnet.lrn.layer import local_response_norm
 
 SIZE, ALPHA, BETA, K, TOWERS = 5, 1e-4, 0.75, 2.0, 2
 LAYERS = {"conv1": (96, 55), "conv2": (256, 27)}  # channels, height = width
@@ -77,7 +77,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} "
           f"({os.cpu_count()} cores), THP_MEM_ALLOC_ENABLE={thp}, float32, best of {repeats}, "
           f"load average {os.getloadavg()[0]:.1f} at start\n")
-    columns = f"torch.nn.LocalResponseNorm {unit} | alexnet.ops {unit}"
+    columns = f"torch.nn.LocalResponseNorm {unit} | alexnet.lrn.layer {unit}"
     print(f"| layer | shape | memory format | {columns} | ratio |")
     print("|---|---|---|---:|---:|---:|")
     formats = (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last))

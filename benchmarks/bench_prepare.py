@@ -69,7 +69,7 @@ def build_source(photos: list[Path], copies: int, where: Path) -> list[Path]:
 
 def decoder_only(paths: list[Path], size: int = 256) -> None:
     """prepare's per-image decode (fast JPEG path or Pillow, torch resize) without the store."""
-    from alexnet.data.decode import load_image
+    from alexnet.prepare.decode import load_image
 
     for path in paths:
         load_image(path, size)
@@ -86,7 +86,7 @@ def _photos(data: Path, min_side: int) -> list[Path]:
 
 def run_set(title: str, photos: list[Path], copies: int, repeats: int, tmp: Path) -> None:
     """Time every method on `copies` x photos and print one markdown table."""
-    from alexnet.data.prepare import prepare
+    from alexnet.prepare.writer import prepare
 
     cores = os.cpu_count() or 1
     wall: dict[str, float] = {}

@@ -4,7 +4,7 @@
                                               [--device cpu|cuda] [--json benchmarks/out/step.json]
 
 Plain = the preset's layers with torch.nn.LocalResponseNorm per tower, torch.optim.SGD, NCHW, float32
-(benchmarks/plain.py). Ours = the preset as `alexnet train` runs it: alexnet.ops LRN, PaperSGD (foreach),
+(benchmarks/plain.py). Ours = the preset as `alexnet train` runs it: alexnet.lrn.layer LRN, PaperSGD (foreach),
 channels_last, bf16 autocast on CUDA. For `paper` also torchvision's alexnet (one tower, no LRN, the same
 0.72 G multiply-adds per image) in each of its settings: NCHW and channels_last, torch.optim.SGD with its
 foreach kernels, glibc's memory defaults and ours; the ratio "vs torchvision's best" is against the fastest of
@@ -15,7 +15,7 @@ are built and warmed up, then stepped in turn, one step each, for --repeats roun
 with other work slows them alike; each time is the median of its steps. The ratios are what counts.
 
 Host memory on the CPU: `alexnet train` keeps freed memory for reuse (train.keep_freed_memory, glibc;
-alexnet/hostmemory.py), which spares a step its page faults. That setting is process-wide, so it is switched
+alexnet/runtime.py), which spares a step its page faults. That setting is process-wide, so it is switched
 before each variant's steps: ours run with it, plain and torchvision with glibc's defaults, as each is run
 by default; "torchvision alexnet, memory kept" runs torchvision's net with ours, for the nets alone.
 """
@@ -32,9 +32,9 @@ from common import machine, make_step, markdown_table, median, time_steps, write
 from plain import flops_note, plain_net, plain_sgd
 
 from alexnet.config import Config, build_config
-from alexnet.hostmemory import keep_freed_memory, release_freed_memory
 from alexnet.model import AlexNet
 from alexnet.optim import build_optimizer
+from alexnet.runtime import keep_freed_memory, release_freed_memory
 
 PRESETS = ("paper", "one-tower", "cifar", "figure1", "demo")
 

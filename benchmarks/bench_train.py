@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py [--quick] [--presets paper,one-tower,cifar,figure1,demo]
                                                [--epoch-images 3840] [--device cpu|cuda] [--json ...]
 
-1. Step rate of each preset with real input (Run.train_one_epoch: loader thread, augmentation, model,
+1. Step rate of each preset with real input (train.train_one_epoch: loader thread, augmentation, model,
    PaperSGD, the per-step checks) against the same Run's model and optimizer stepping again and again on
    one batch already loaded and augmented, in the same process, in alternating blocks: the ratio is what
    the data path costs (the loader restarts at each block, so its first batch is not prefetched there).
@@ -47,19 +47,20 @@ from common import (
 
 from alexnet.config import build_config
 from alexnet.data.augment import augment_train
+from alexnet.train import train_one_epoch
 
 STORE_OF = {"paper": "imagenet", "one-tower": "imagenet", "cifar": "cifar10", "figure1": "cifar10", "demo": "cifar10"}
 
 
 def make_run(preset: str, store_path: str, device: torch.device, overrides: dict, run_dir: Path):
     from alexnet.data.store import open_store
-    from alexnet.parallel import DistContext
-    from alexnet.train import Run, adapt_to_store
+    from alexnet.parallel.ddp import DistContext
+    from alexnet.train import adapt_to_store, set_up
 
     cfg = build_config(preset, overrides={"train.device": device.type, **overrides})
     store = open_store(store_path)
     adapt_to_store(cfg, store)
-    return Run(cfg, store, run_dir, DistContext(device=device), progress=False)
+    return set_up(cfg, store, run_dir, DistContext(device=device), progress=False)
 
 
 def run_steps(run, n: int) -> None:
@@ -70,7 +71,7 @@ def run_steps(run, n: int) -> None:
     while st.global_step < target:
         if st.step_in_epoch >= run.train_loader.steps_per_epoch():
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
-        run.train_one_epoch(st.epoch)
+        train_one_epoch(run, st.epoch)
 
 
 def reused_batch_step(run) -> Callable[[], None]:  # noqa: ANN001
@@ -109,7 +110,7 @@ def epoch_ours(store_path: str, images: int, device: torch.device) -> dict:
         start = time.perf_counter()
         run = make_run("cifar", store_path, device, {"train.limit_train": images, "train.log_every": 10**9},
                        Path(tmp))
-        outcome = run.train_one_epoch(0)
+        outcome = train_one_epoch(run, 0)
         sync(device)
         elapsed = time.perf_counter() - start
     assert outcome == "done"

@@ -166,8 +166,8 @@ def real_store(name: str, size: int) -> Path | None:
     src = SHARED_DATA / name
     if not src.is_dir():
         return None
-    from alexnet.data.prepare import prepare
     from alexnet.data.store import is_store
+    from alexnet.prepare.writer import prepare
 
     out = OUT / "stores" / f"{name}-s{size}"
     if not is_store(out):

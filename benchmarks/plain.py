@@ -1,7 +1,7 @@
 """The plain way, for side-by-side timings: what a careful reader of the paper writes with stock PyTorch.
 
 - the net: the same layers as the preset, with torch.nn.LocalResponseNorm applied to each tower's half of
-  the maps (instead of alexnet.ops), in NCHW memory;
+  the maps (instead of alexnet.lrn.layer), in NCHW memory;
 - the optimizer: torch.optim.SGD with its defaults (on the CPU that is a Python loop over the parameters);
 - the data: torchvision's ImageFolder over the JPEGs, transforms doing the paper's augmentation per image
   (shorter side to S, centre S x S, minus the mean image, random crop, random mirror, PCA colour noise),
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from alexnet.config import Config
+from alexnet.lrn.layer import LocalResponseNorm
 from alexnet.model import AlexNet
-from alexnet.ops import LocalResponseNorm
 
 
 class TowerLRN(nn.Module):
@@ -36,7 +36,7 @@ class TowerLRN(nn.Module):
 
 
 def plain_net(cfg: Config) -> nn.Module:
-    """The preset's network with torch's own LRN in place of alexnet.ops (the only non-stock layer)."""
+    """The preset's network with torch's own LRN in place of alexnet.lrn.layer (the only non-stock layer)."""
     model = AlexNet(cfg.model, cfg.data.crop)
     for i, layer in enumerate(model.features):
         if isinstance(layer, LocalResponseNorm):

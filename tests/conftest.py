@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)  # tests run two at a time on a 2-core machine
+# image folders given to commands are prepared into the cache folder: one of this test session's own, never the
+# user's ~/.cache/alexnet (commands run by run_cli inherit it)
+os.environ["ALEXNET_CACHE"] = tempfile.mkdtemp(prefix="alexnet-test-cache-")
 
 
 @pytest.fixture(scope="session")
 def shapes_folder(tmp_path_factory) -> Path:
     """A generated ImageFolder (train/ and val/) of 4 shape classes, 40x40 PNGs."""
-    from alexnet.data.synthetic import write_image_folder
+    from alexnet.prepare.synthetic import write_image_folder
 
     root = tmp_path_factory.mktemp("shapes")
     return write_image_folder(root, train_per_class=48, val_per_class=12, size=40, seed=0,
@@ -25,7 +29,7 @@ def shapes_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shapes_store(shapes_folder, tmp_path_factory) -> Path:
-    from alexnet.data.prepare import prepare
+    from alexnet.prepare.writer import prepare
 
     out = tmp_path_factory.mktemp("store") / "store"
     prepare(shapes_folder, out, size=36, workers=1, progress=False)

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from alexnet.config import build_config
-from alexnet.data.prepare import prepare
-from alexnet.data.synthetic import write_image_folder
+from alexnet.prepare.synthetic import write_image_folder
+from alexnet.prepare.writer import prepare
 from alexnet.train import train
 
 SMALL = {"optim.batch_size": 16, "data.crop": 32, "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64],

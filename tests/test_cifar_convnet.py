@@ -134,8 +134,8 @@ def test_layer_weight_decay_needs_one_value_per_layer():
 
 @pytest.fixture(scope="module")
 def store32(tmp_path_factory):
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import write_image_folder
+    from alexnet.prepare.synthetic import write_image_folder
+    from alexnet.prepare.writer import prepare
 
     root = tmp_path_factory.mktemp("lrncifar")
     folder = write_image_folder(root / "images", train_per_class=40, val_per_class=10, size=32, seed=3,

@@ -1,4 +1,4 @@
-"""Decoding one image (alexnet.data.decode) and finding images in each layout (alexnet.data.sources)."""
+"""Decoding one image (alexnet.prepare.decode) and finding images in each layout (alexnet.prepare.sources)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torchvision.transforms.functional as TF
 from datagen import add_bytes, centre, encode, make_devkit, make_tar_of_tars, pattern, png_bomb, write
 from PIL import Image
 
-from alexnet.data import classnames, ilsvrc
-from alexnet.data.decode import SkipImage, bare_jpeg_pixels, decode_image, load_image, plain_jpeg_pixels
-from alexnet.data.sources import find_source, item_pixels, split_off_validation, unsafe_member_name
+from alexnet.data import classnames
+from alexnet.prepare import ilsvrc
 from alexnet.errors import UserError
+from alexnet.prepare.decode import SkipImage, bare_jpeg_pixels, decode_image, load_image, plain_jpeg_pixels
+from alexnet.prepare.sources import find_source, item_pixels, split_off_validation, unsafe_member_name
 
 # ------------------------------------------------------------------------------------------- decoding
 

@@ -24,7 +24,7 @@ from conftest import run_cli
 from alexnet.cli import main as cli_main
 from alexnet.config import build_config
 from alexnet.model import AlexNet
-from alexnet.parallel import JOB_FILE, elastic_resume, mark_elastic_job
+from alexnet.parallel.ddp import JOB_FILE, elastic_resume, mark_elastic_job
 from alexnet.train import train
 
 # 192 training images / batch 16 = 12 steps per epoch; 33 validation images: 17 + 16 over two ranks, so the

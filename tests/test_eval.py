@@ -14,10 +14,10 @@ import torch
 from conftest import run_cli
 
 from alexnet.config import PRESETS, build_config
-from alexnet.data.prepare import prepare
 from alexnet.data.store import open_store
-from alexnet.data.synthetic import write_image_folder
 from alexnet.model import AlexNet, count_parameters
+from alexnet.prepare.synthetic import write_image_folder
+from alexnet.prepare.writer import prepare
 from alexnet.train import train
 
 CLASSES = ("disc", "square", "h-stripes", "cross", "ring", "checker", "triangle")

@@ -15,7 +15,7 @@ from conftest import run_cli
 from PIL import Image
 
 from alexnet.config import build_config
-from alexnet.inference import load_model
+from alexnet.tools.inference import load_model
 from alexnet.train import train
 
 SMALL = {"train.epochs": 1, "optim.batch_size": 16, "data.crop": 32, "train.log_every": 4,
@@ -94,7 +94,7 @@ def test_torchscript_equals_eager(checkpoint, tmp_path):
 def test_safetensors_round_trip(checkpoint, tmp_path):
     from safetensors import safe_open
 
-    from alexnet.export import load_safetensors
+    from alexnet.tools.export import load_safetensors
 
     out = tmp_path / "net.safetensors"
     r = run_cli("export", str(checkpoint), "--format", "safetensors", "-o", str(out))

@@ -11,8 +11,8 @@ from alexnet.config import DataConfig, build_config
 from alexnet.data.augment import ColourStats, augment_train, crop_views
 from alexnet.data.loader import BatchLoader
 from alexnet.data.store import open_store
-from alexnet.parallel import DistContext
-from alexnet.train import Run, adapt_to_store
+from alexnet.parallel.ddp import DistContext
+from alexnet.train import adapt_to_store, set_up, train_one_epoch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -70,12 +70,12 @@ def make_run(store_path, device, tmp_path, **extra):
     cfg = build_config("demo", overrides={**SMALL, "train.device": device.type, **extra})
     store = open_store(store_path)
     adapt_to_store(cfg, store)
-    return Run(cfg, store, tmp_path / f"run-{device.type}-{len(extra)}", DistContext(device=device), progress=False)
+    return set_up(cfg, store, tmp_path / f"run-{device.type}-{len(extra)}", DistContext(device=device), progress=False)
 
 
 def steps(run, n):
     run.cfg.train.max_steps = n
-    run.train_one_epoch(0)
+    train_one_epoch(run, 0)
     assert run.state.global_step == n
     return weights(run)
 

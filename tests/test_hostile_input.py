@@ -31,8 +31,8 @@ from datagen import add_bytes, cifar_batches, encode, make_cifar_folder, pattern
 from test_bad_input import BATCH_RUNNER, assert_one_line_error, snapshot
 
 from alexnet.config import build_config
-from alexnet.data.prepare import prepare
-from alexnet.data.synthetic import write_image_folder
+from alexnet.prepare.synthetic import write_image_folder
+from alexnet.prepare.writer import prepare
 from alexnet.train import train
 
 SMALL = {"optim.batch_size": 16, "data.crop": 32, "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alexnet.data.imagestats import add_image
+from alexnet.prepare.imagestats import add_image
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (5, 7), (32, 32), (256, 256)])

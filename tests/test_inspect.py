@@ -11,10 +11,10 @@ from conftest import run_cli
 from PIL import Image
 
 from alexnet.config import build_config
-from alexnet.data.synthetic import draw
-from alexnet.inference import load_model
-from alexnet.plots import curves_figure, kernel_grid, read_metrics
-from alexnet.retrieve import nearest
+from alexnet.prepare.synthetic import draw
+from alexnet.tools.inference import load_model
+from alexnet.tools.plots import curves_figure, kernel_grid, read_metrics
+from alexnet.tools.retrieve import nearest
 from alexnet.train import train
 
 # the tiny net of tests/test_train.py: the demo preset's shape at small widths

@@ -1,12 +1,13 @@
-"""The fused CPU LRN loops (alexnet.lrn_numba) against torch.nn.LocalResponseNorm, and their dispatch."""
+"""The fused CPU LRN loops (alexnet.lrn.cpu) against torch.nn.LocalResponseNorm, and their dispatch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from alexnet import lrn_numba, ops
-from alexnet.ops import local_response_norm
+from alexnet.lrn import cpu as lrn_numba
+from alexnet.lrn import layer as ops
+from alexnet.lrn.layer import local_response_norm
 
 
 def torch_lrn_in_towers(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,

@@ -1,4 +1,4 @@
-"""alexnet.ops.local_response_norm against the formula written out, and against torch.nn.LocalResponseNorm."""
+"""alexnet.lrn.layer.local_response_norm against the formula written out, and against torch.nn.LocalResponseNorm."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import ops
-from alexnet.ops import LocalResponseNorm, local_response_norm
+from alexnet.lrn import layer as ops
+from alexnet.lrn.layer import LocalResponseNorm, local_response_norm
 
 
 def lrn_by_loops(a: np.ndarray, size: int, alpha: float, beta: float, k: float, literal: bool) -> np.ndarray:
@@ -293,7 +293,7 @@ def test_cuda_bfloat16_channels_last_is_close_to_float32_torch():
 
 FUSED_KERNEL_SCRIPT = """
 import json, torch
-from alexnet.lrn_triton import lrn_backward, lrn_forward
+from alexnet.lrn.cuda import lrn_backward, lrn_forward
 torch.manual_seed(5)
 worst = []
 for groups, channels, size, alpha in [(2, 12, 5, 0.1), (1, 10, 3, 0.1), (2, 8, 4, 1.0), (3, 9, 2, 0.5)]:

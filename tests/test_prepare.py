@@ -1,4 +1,4 @@
-"""Preparing raw image sets into a store (alexnet.data.prepare and `alexnet prepare`)."""
+"""Preparing raw image sets into a store (alexnet.prepare.writer and `alexnet prepare`)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ from datagen import (
 from PIL import Image
 
 from alexnet import cli
-from alexnet.data.prepare import prepare
 from alexnet.data.store import is_store, open_store
 from alexnet.errors import UserError
+from alexnet.prepare.writer import prepare
 
 PYTHON = sys.executable
 

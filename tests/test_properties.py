@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 from alexnet.checkpoint import CheckpointManager, load_checkpoint
 from alexnet.cli import main
-from alexnet.config import all_keys, build_config, load_yaml, parameter_estimate
+from alexnet.config import all_keys, build_config, load_yaml
 from alexnet.data.store import open_store
 from alexnet.errors import UserError
+from alexnet.geometry import parameter_estimate
 from alexnet.model import AlexNet, count_parameters
 
 CASES = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -30,8 +30,8 @@ CIFAR_TINY = ["model.widths=[8,8,8,8,8]", "model.fc=[16,16]", "optim.batch_size=
 @pytest.fixture(scope="module")
 def store32(tmp_path_factory):
     """4 classes of generated 32x32 shapes, 32 train and 8 val images each, prepared at size 32."""
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import write_image_folder
+    from alexnet.prepare.synthetic import write_image_folder
+    from alexnet.prepare.writer import prepare
 
     root = tmp_path_factory.mktemp("repro")
     folder = write_image_folder(root / "images", train_per_class=32, val_per_class=8, size=32, seed=1,

@@ -1,4 +1,4 @@
-"""Reading stores (alexnet.data.store) and resolving a data argument to one (alexnet.data.resolve)."""
+"""Reading stores (alexnet.data.store) and resolving a data argument to one (alexnet.prepare.resolve)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from datagen import encode, pattern, write
 
-from alexnet.data.prepare import prepare
-from alexnet.data.resolve import cached_store_path, resolve_data
 from alexnet.data.store import checksum, is_store, open_store
 from alexnet.errors import UserError
+from alexnet.prepare.resolve import cached_store_path, resolve_data
+from alexnet.prepare.writer import prepare
 
 
 @pytest.fixture(scope="module")

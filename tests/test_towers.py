@@ -12,7 +12,7 @@ from torch import nn
 from alexnet.cli import main as cli_main
 from alexnet.config import build_config
 from alexnet.model import AlexNet
-from alexnet.towers import TwoTowerAlexNet
+from alexnet.parallel.towers import TwoTowerAlexNet
 from alexnet.train import train
 
 CPU2 = [torch.device("cpu"), torch.device("cpu")]

@@ -24,8 +24,8 @@ def weights(path):
 @pytest.fixture(scope="module")
 def learn_store(tmp_path_factory):
     """80 training images per class: enough for a loss that visibly falls in a few seconds."""
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import write_image_folder
+    from alexnet.prepare.synthetic import write_image_folder
+    from alexnet.prepare.writer import prepare
 
     root = tmp_path_factory.mktemp("learn")
     write_image_folder(root / "img", 80, 12, 40, 0, ("disc", "square", "h-stripes", "cross"))
@@ -135,7 +135,7 @@ def test_tensorboard_holds_conv1_kernels_each_epoch_and_the_hparams(shapes_store
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from alexnet.config import build_config
-    from alexnet.plots import kernel_grid
+    from alexnet.tools.plots import kernel_grid
     from alexnet.train import train
 
     overrides = {"optim.batch_size": 16, "data.crop": 32, "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64],

@@ -42,7 +42,7 @@ def build_model(preset: str = "paper", weights: str | None = None, **overrides: 
         raise UserError("build_model: the weights fix the config; give no overrides with weights=")
     if weights == "torchvision":
         return _torchvision_model(preset)
-    from alexnet.inference import load_model
+    from alexnet.tools.inference import load_model
 
     model, cfg, _ = load_model(weights)
     if cfg.preset != preset:
@@ -58,7 +58,7 @@ def _torchvision_model(preset: str) -> AlexNet:
     from alexnet.config import config_from_dict
     from alexnet.errors import UserError
     from alexnet.model import AlexNet
-    from alexnet.torchvision_weights import checkpoint_from_state_dict, read_state_dict
+    from alexnet.tools.torchvision_weights import checkpoint_from_state_dict, read_state_dict
 
     if preset != "one-tower":
         raise UserError(f"torchvision's weights are for the one-tower preset, not '{preset}'")
@@ -75,7 +75,7 @@ def _torchvision_model(preset: str) -> AlexNet:
 
 def load(path: str, device: str = "cpu") -> tuple[AlexNet, Config]:
     """A trained model (in eval mode) and its resolved config, from a checkpoint written by training."""
-    from alexnet.inference import load_model
+    from alexnet.tools.inference import load_model
 
     model, cfg, _ = load_model(path, device)
     return model, cfg

@@ -11,15 +11,12 @@ OSError and leaves every earlier file as it was and no temporary file behind.
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import hashlib
 import math
 import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +24,10 @@ import torch
 
 from alexnet import faults
 from alexnet.errors import UserError
+from alexnet.files import atomic_path, file_mode, try_lock
 
 FORMAT = "alexnet-checkpoint/1"
 _NUMBERED = re.compile(r"^step-(\d+)\.pt$")
-
-
-@functools.cache
-def _file_mode() -> int:
-    """What open() would give a new file: 0666 less the umask (mkstemp's files are 0600)."""
-    try:  # Linux reports the umask without changing it
-        with open("/proc/self/status") as f:
-            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
-        os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: str | Path) -> None:
@@ -76,57 +49,28 @@ def _os_error_behind(exc: BaseException) -> BaseException:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, rename over `path`. On failure nothing changes."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            try:
-                torch.save(obj, faults.hooked(f))
-            except Exception as exc:
-                raise _os_error_behind(exc) from None
-            f.flush()
-            os.fsync(f.fileno())
-        faults.kill_point("replace")
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write a small text file (config.yaml, metrics.jsonl) so that it is never seen half-written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    """torch.save through files.atomic_path: on failure nothing changes. The fault hooks (alexnet.faults) can
+    fail or kill the write part-way, or kill the process just before the rename."""
+    with atomic_path(path, before_replace=lambda: faults.kill_point("replace")) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, faults.hooked(f))
+        except Exception as exc:
+            raise _os_error_behind(exc) from None
 
 
 def lock_run_dir(run_dir: Path) -> int | None:
     """Hold an exclusive lock on RUN/.lock for as long as the returned descriptor is open.
 
     Two processes training into one run directory would interleave their checkpoints; the second is refused.
-    The kernel drops the lock when its process ends, SIGKILL included, so it never goes stale. Where the
-    file system cannot lock (some network mounts), None: no protection, but no refusal either.
+    Where the file system cannot lock, None: no protection, but no refusal either (files.try_lock).
     """
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, _file_mode())
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, file_mode())
+    held = try_lock(fd, wait=False)
+    if held is False:
         os.close(fd)
         raise UserError(f"{run_dir} is being written by another training process: wait for it to end or "
-                        "choose another --out") from None
-    except OSError:
+                        "choose another --out")
+    if held is None:
         os.close(fd)
         return None
     return fd

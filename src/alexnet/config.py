@@ -14,11 +14,13 @@ import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from alexnet.errors import UserError
+from alexnet.geometry import parameter_estimate
+from alexnet.presets import PRESETS
 
 
 @dataclass
@@ -43,20 +45,20 @@ class ModelConfig:
     fc_bias_one: bool = True  # paper: fc6 and fc7 biases start at 1
     num_classes: int = 1000  # outputs of the last FC layer (taken from the data when training)
     towers: int = 2  # 2: split layers are grouped convs (one device) or real towers (--towers DEV0,DEV1)
-    tower_convs: str = "auto"  # towers on one device: grouped (one conv) | split (a conv per tower) | auto (model.py)
+    tower_convs: Literal["auto", "grouped", "split"] = "auto"  # towers on one device: one grouped conv or one per tower
     halve_single_tower: bool = True  # towers=1 -> half width except the last conv (the paper's comparison)
-    activation: str = "relu"  # relu | tanh (Figure 1)
+    activation: Literal["relu", "tanh"] = "relu"  # relu | tanh (Figure 1)
     lrn: bool = True  # master switch for every LRN layer
     lrn_size: int = 5  # n: maps in each normalization window
     lrn_alpha: float = 1e-4  # alpha (divided by n per term unless lrn_literal)
     lrn_beta: float = 0.75  # the exponent beta
     lrn_k: float = 2.0  # the additive constant k (cuda-convnet's CIFAR nets: 1)
     lrn_literal: bool = False  # False: alpha/n per term (authors' code, Caffe, torch); True: paper's text
-    pooling: str = "overlap"  # overlap: window 3 stride 2 | plain: window 2 stride 2 (the ablation)
+    pooling: Literal["overlap", "plain"] = "overlap"  # overlap: window 3 stride 2; plain: 2/2 (ablation)
     dropout: float = 0.5  # probability of zeroing a hidden FC unit in training (0: no dropout)
-    dropout_position: str = "after"  # after fc6/fc7 (paper) | before fc6/fc7 (torchvision's layout)
+    dropout_position: Literal["after", "before"] = "after"  # dropout after fc6/fc7 (paper) or before (torchvision)
     adaptive_pool: int = 0  # >0: AdaptiveAvgPool2d(n) before the FC layers (torchvision's layout)
-    init: str = "paper"  # paper: N(0, init_std^2), biases 0/1 | torchvision: PyTorch's default | kaiming
+    init: Literal["paper", "torchvision", "kaiming"] = "paper"  # paper: N(0, init_std^2), biases 0/1
     init_std: float = 0.01  # paper init: std of the normal the weights are drawn from
     fc_init_std: float = 0.0  # 0: same as init_std
 
@@ -70,8 +72,8 @@ class DataConfig:
     random_crop: bool = True  # training crops at random positions (else the centre crop)
     flip: bool = True  # random horizontal reflection
     pca_std: float = 0.1  # std of the PCA colour noise coefficients a_i; 0 disables it
-    pca_scale: str = "sqrt"  # sqrt: s_i = sqrt(l_i) in pixel units (authors' code) | eigenvalue: l_i (text)
-    normalize: str = "mean-image"  # mean-image: x - per-pixel mean (paper) | imagenet: torchvision's
+    pca_scale: Literal["sqrt", "eigenvalue"] = "sqrt"  # sqrt: s_i = sqrt(l_i) (code); eigenvalue: l_i
+    normalize: Literal["mean-image", "imagenet"] = "mean-image"  # mean-image: x - mean image (paper)
     val_fraction: float = 0.0  # for a single-folder source: share of each class held out for validation
 
 
@@ -85,8 +87,8 @@ class OptimConfig:
     weight_decay: float = 0.0005  # the paper's rule: v -= weight_decay * lr * w each step
     bias_decay: bool = False  # authors' code: no weight decay on biases
     bias_lr_mult: float = 1.0  # authors' code used 2; the paper says equal rates
-    rule: str = "paper"  # paper: v = m v - wd lr w - lr g; w += v | torch: torch.optim.SGD's rule
-    schedule: str = "plateau"  # plateau: /10 when val error stops improving | milestones | constant
+    rule: Literal["paper", "torch"] = "paper"  # paper: v = m v - wd lr w - lr g; w += v | torch: torch.optim.SGD's rule
+    schedule: Literal["plateau", "milestones", "constant"] = "plateau"  # plateau: /10 when val error stalls
     patience: int = 3  # epochs without improvement before a drop
     drops: int = 3  # the paper divided the rate by 10 three times, then stopped
     factor: float = 0.1  # what the rate is multiplied by at each drop
@@ -95,7 +97,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up (not in the paper; for large batches)
     # none: lr as given | linear: lr x batch_size / 128, the paper's batch (large-batch mode, Goyal et al. 2017;
     # pair it with warmup_epochs, e.g. 5)
-    lr_scaling: str = "none"
+    lr_scaling: Literal["none", "linear"] = "none"
     # weight decay per weighted layer (conv/local layers, then FC layers, in order), as cuda-convnet's `wc`;
     # [] for weight_decay on every layer
     layer_weight_decay: list[float] = field(default_factory=list)
@@ -108,16 +110,16 @@ class TrainConfig:
     epochs: int = 90  # passes over the training split at most
     seed: int = 0  # every random draw (init, order, augmentation, dropout) follows from it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    channels_last: str = "auto"  # auto (on: it wins on CPU and GPU) | on | off
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto (on: it wins on CPU and GPU) | on | off
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch (0: torch's default, one per core; -1: the cores idle at start)
-    keep_freed_memory: bool = True  # reuse freed host memory instead of unmapping it (glibc; alexnet.hostmemory)
+    keep_freed_memory: bool = True  # reuse freed host memory instead of unmapping it (glibc; alexnet.runtime)
     eval_ten_crop: bool = False  # validation during training: centre crop (fast) or ten crops
     log_every: int = 50  # steps between logged training metrics (host sync happens only then)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
     keep_last: int = 2  # checkpoints kept besides best.pt
-    on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # stop | skip: what a NaN/inf loss does
     max_nonfinite: int = 10  # consecutive skipped steps before stopping anyway
     prefetch: int = 2  # batches prepared ahead by the loader thread
     store_on_device: bool = False  # hold the uint8 store in device memory (when it fits)
@@ -138,156 +140,17 @@ class Config:
         return asdict(self)
 
 
-# Presets: overrides of the defaults above (which are the paper's).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {},
-    # Krizhevsky 2014, "One weird trick"; torchvision's alexnet. Same state_dict keys and shapes as
-    # torchvision.models.alexnet so its weights load unchanged; its input normalisation too.
-    "one-tower": {
-        "model": {
-            "widths": [64, 192, 384, 256, 256],
-            "split": [False, False, False, False, False],
-            "towers": 1,
-            "halve_single_tower": False,
-            "lrn": False,
-            "dropout_position": "before",
-            "adaptive_pool": 6,
-        },
-        "data": {"normalize": "imagenet"},
-    },
-    # An AlexNet for 32x32 images keeping the paper's ingredients: two towers, LRN, overlapping pooling,
-    # dropout, ReLU, crops/flips and PCA noise. Sized for 30 minutes on a 2-core CPU (docs/RESULTS.md): 15
-    # epochs of 45,000 images, bf16, about 100 s each. Inputs stay the paper's mean-subtracted pixel values,
-    # the scale at which the LRN constants act; unit-scaled inputs (`imagenet`) learned far slower with this
-    # init (85% vs 66% val error after 2 epochs of 15,000 images). The rest was chosen by sweeps of 30 runs
-    # (GPU, same code, seeds 0 and 1, ten-crop val error): 28x28 crops (24x24, cuda-convnet's, cost 0.73x
-    # per epoch but lost 2-3 points at equal time), lr 0.02 (0.03: +2 points, 0.05: +10), weight decay
-    # 0.001 (0.0005: +0.5 to 1 point), the rate divided by 10 after epochs 10 and 13.
-    "cifar": {
-        "model": {
-            "widths": [64, 128, 192, 192, 128],
-            "kernels": [5, 5, 3, 3, 3],
-            "strides": [1, 1, 1, 1, 1],
-            "pads": [2, 2, 1, 1, 1],
-            "fc": [512, 512],
-            "num_classes": 10,
-            "init": "torchvision",
-        },
-        "data": {"image_size": 32, "crop": 28},
-        "optim": {"lr": 0.02, "weight_decay": 0.001, "schedule": "milestones", "milestones": [10, 13],
-                  "batch_size": 128},
-        # bf16 autocast: 1.4x the images/s of fp32 on this CPU. Threads: the cores idle at start. On 2 cores
-        # two threads made the bf16 step 1.26x faster on an idle machine but 1.2-1.4x slower (up to 4x under
-        # heavy load) when another process held a core (186 / 234 ms idle, 337-397 / 238-316 ms shared)
-        "train": {"epochs": 15, "precision": "bf16", "threads": -1},
-    },
-    # Figure 1: the four-layer CIFAR-10 net (three 5x5 conv layers of 32, 32, 64 maps, each followed by 3/2
-    # max-pooling, then a 10-way FC layer), no regularisation, in the paper's setting: pixel values minus the
-    # mean image (not scaled), weights N(0, 0.01^2), biases 0, momentum 0.9, no weight decay, a constant rate.
-    # `alexnet reproduce figure1` picks each activation's rate (the one reaching 25% training error fastest)
-    # and offers the earlier unit-scaled setting as `--setting modern`.
-    "figure1": {
-        "model": {
-            "widths": [32, 32, 64],
-            "kernels": [5, 5, 5],
-            "strides": [1, 1, 1],
-            "pads": [2, 2, 2],
-            "split": [False, False, False],
-            "lrn_after": [False, False, False],
-            "pool_after": [True, True, True],
-            "bias_one": [False, False, False],
-            "fc": [],
-            "fc_bias_one": False,
-            "num_classes": 10,
-            "towers": 1,
-            "halve_single_tower": False,
-            "lrn": False,
-            "dropout": 0.0,
-            "init": "paper",
-        },
-        "data": {"image_size": 32, "crop": 32, "random_crop": False, "flip": False, "pca_std": 0.0,
-                 "normalize": "mean-image"},
-        "optim": {"weight_decay": 0.0, "lr": 0.001, "schedule": "constant"},
-        "train": {"epochs": 30},
-    },
-    # The paper's CIFAR-10 net (section 3.3: 11% test error with LRN, 13% without), as cuda-convnet ships it:
-    # layers-conv-local-11pct.cfg and layer-params-conv-local-11pct.cfg. 24x24 crops of the 32x32 images and
-    # their mirrors; conv 64@5x5 -> ReLU -> LRN -> max 3/2 -> conv 64@5x5 -> ReLU -> LRN -> max 3/2 -> locally
-    # connected 32@3x3 -> ReLU -> locally connected 32@3x3 -> ReLU -> fc10. LRN in cuda-convnet's terms: size 5,
-    # scale 0.001 divided by the size per term, 1 + ... (k = 1), power 0.75. Pooled sides rounded up (24 -> 12
-    # -> 6). Weights N(0, std^2) with each layer's initW, biases 0. The update is cuda-convnet's (the paper's
-    # rule on the batch-mean gradient): epsW 0.001, epsB 0.002, momentum 0.9, wc 0.004 on local3, local4 and
-    # fc10 and none on conv1, conv2 or any bias. Test: the ten views (4 corners, centre, mirrored), probabilities
-    # averaged. `model.lrn=false` is the 13% net. The methodology's ~470 epochs are `alexnet reproduce
-    # lrn-cifar --schedule paper`; the preset's own schedule is the short one: 30 epochs at the params file's
-    # rates, then 5 at 1/10 and 5 at 1/100, as its steps 5-6 (docs/RESULTS.md).
-    "cifar-convnet": {
-        "model": {
-            "widths": [64, 64, 32, 32],
-            "kernels": [5, 5, 3, 3],
-            "strides": [1, 1, 1, 1],
-            "pads": [2, 2, 1, 1],
-            "split": [False, False, False, False],
-            "lrn_after": [True, True, False, False],
-            "pool_after": [True, True, False, False],
-            "bias_one": [False, False, False, False],
-            "local": [False, False, True, True],
-            "init_stds": [0.0001, 0.01, 0.04, 0.04],
-            "fc_init_std": 0.01,
-            "pool_ceil": True,
-            "fc": [],
-            "fc_bias_one": False,
-            "num_classes": 10,
-            "towers": 1,
-            "halve_single_tower": False,
-            "lrn_alpha": 0.001,
-            "lrn_k": 1.0,
-            "dropout": 0.0,
-            "init": "paper",
-        },
-        "data": {"image_size": 32, "crop": 24, "pca_std": 0.0, "normalize": "mean-image"},
-        "optim": {"lr": 0.001, "bias_lr_mult": 2.0, "weight_decay": 0.004,
-                  "layer_weight_decay": [0.0, 0.0, 0.004, 0.004, 0.004],
-                  "schedule": "milestones", "milestones": [30, 35], "batch_size": 128},
-        "train": {"epochs": 40, "eval_ten_crop": True, "threads": -1},
-    },
-    # The small net `alexnet demo` trains on generated images: the paper's ingredients (towers, LRN, 3/2
-    # pooling, dropout, crops, flips, PCA noise, the paper's SGD) at toy size. Unlike the paper it scales
-    # inputs to unit variance and uses He initialisation: with the paper's N(0, 0.01^2) a net this small
-    # does not start learning within the demo's few minutes (measured: 90% error after 6 epochs, against
-    # 36% with these two changes).
-    "demo": {
-        "model": {
-            "widths": [32, 64, 96, 96, 64],
-            "kernels": [5, 3, 3, 3, 3],
-            "strides": [2, 1, 1, 1, 1],
-            "pads": [2, 1, 1, 1, 1],
-            "fc": [256, 256],
-            "num_classes": 10,
-            "init": "kaiming",
-        },
-        "data": {"image_size": 40, "crop": 32, "normalize": "imagenet"},
-        "optim": {"lr": 0.02, "batch_size": 64, "schedule": "milestones", "milestones": [10]},
-        "train": {"epochs": 12, "log_every": 10},
-    },
-}
-
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
 
+def _choices(cls: type, name: str) -> tuple[str, ...]:
+    """The allowed values of a field annotated Literal[...] (beside the field itself), else ()."""
+    hint = typing.get_type_hints(cls)[name]
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.activation": ("relu", "tanh"),
-    "model.pooling": ("overlap", "plain"),
-    "model.dropout_position": ("after", "before"),
-    "model.init": ("paper", "torchvision", "kaiming"),
-    "model.tower_convs": ("auto", "grouped", "split"),
-    "data.pca_scale": ("sqrt", "eigenvalue"),
-    "data.normalize": ("mean-image", "imagenet"),
-    "optim.rule": ("paper", "torch"),
-    "optim.schedule": ("plateau", "milestones", "constant"),
-    "optim.lr_scaling": ("none", "linear"),
-    "train.precision": ("auto", "fp32", "bf16"),
-    "train.channels_last": ("auto", "on", "off"),
-    "train.on_nonfinite": ("stop", "skip"),
+    f"{section}.{f.name}": _choices(cls, f.name)
+    for section, cls in _SECTIONS.items() for f in fields(cls) if _choices(cls, f.name)
 }
 
 
@@ -323,8 +186,9 @@ def key_docs() -> list[dict[str, Any]]:
         for f in fields(cls):
             key = f"{section}.{f.name}"
             annotation = _hints(cls)[f.name]
-            generic = typing.get_origin(annotation) is not None
-            kind = str(annotation) if generic else getattr(annotation, "__name__", str(annotation))
+            origin = typing.get_origin(annotation)
+            kind = ("str" if origin is typing.Literal else str(annotation) if origin is not None
+                    else getattr(annotation, "__name__", str(annotation)))
             rows.append({"key": key, "type": kind,
                          "default": getattr(defaults, f.name), "choices": list(CHOICES.get(key, ())),
                          "meaning": comments.get(f.name, "")})
@@ -371,11 +235,13 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             if not math.isfinite(value):
                 raise UserError(f"config key '{key}' takes a finite number, got {value!r}")
             return float(value)
+    elif origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value in allowed:
+            return value
+        raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
     elif annotation is str:
         if isinstance(value, str):
-            allowed = CHOICES.get(key)
-            if allowed and value not in allowed:
-                raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'")
             return value
     name = getattr(annotation, "__name__", str(annotation))
     raise UserError(f"config key '{key}' takes a {name}, got {value!r}")
@@ -488,65 +354,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {p} must hold a mapping of keys to values")
     return data
-
-
-def pool_geometry(cfg: ModelConfig) -> tuple[int, int]:
-    """(window, stride): overlapping 3/2 as the paper, or the 2/2 of its ablation."""
-    return (3, 2) if cfg.pooling == "overlap" else (2, 2)
-
-
-def pooled_size(side: int, window: int, stride: int, ceil: bool) -> int:
-    """Output side of a max-pool: floor as PyTorch and Caffe, or ceil as cuda-convnet (outputsX=0), whose last
-    window may hang over the edge (it is then taken over the pixels inside)."""
-    if ceil:
-        return -(-(side - window) // stride) + 1
-    return (side - window) // stride + 1
-
-
-def layer_sizes(cfg: ModelConfig, input_size: int) -> list[int]:
-    """Side of each conv layer's output (before its pooling) for a square input, from the layer formulas;
-    ValueError when the input is too small for the layers."""
-    sides = []
-    side = input_size
-    window, stride = pool_geometry(cfg)
-    for k, s, p, pooled in zip(cfg.kernels, cfg.strides, cfg.pads, cfg.pool_after):
-        side = (side + 2 * p - k) // s + 1
-        if side < 1:
-            raise ValueError(f"input of {input_size} pixels is too small for this network")
-        sides.append(side)
-        if pooled:
-            side = pooled_size(side, window, stride, cfg.pool_ceil)
-        if side < 1:
-            raise ValueError(f"input of {input_size} pixels is too small for this network")
-    return sides
-
-
-def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
-    """Side of the last conv block's output for a square input, from the layer formulas."""
-    side = layer_sizes(cfg, input_size)[-1]
-    if cfg.pool_after[-1]:
-        window, stride = pool_geometry(cfg)
-        side = pooled_size(side, window, stride, cfg.pool_ceil)
-    return side
-
-
-def parameter_estimate(cfg: ModelConfig, input_size: int) -> int:
-    """About how many parameters the net has (exactly, without towers or local layers): to refuse a config
-    that would exhaust memory before building it."""
-    widths = [w // 2 for w in cfg.widths[:-1]] + [cfg.widths[-1]] if cfg.towers == 1 and cfg.halve_single_tower \
-        else list(cfg.widths)
-    total, in_ch = 0, 3
-    sides = layer_sizes(cfg, input_size)
-    for i, (w, k) in enumerate(zip(widths, cfg.kernels)):
-        per_position = sides[i] ** 2 if cfg.local and cfg.local[i] else 1
-        total += per_position * (w * in_ch * k * k + w)
-        in_ch = w
-    side = cfg.adaptive_pool or feature_map_size(cfg, input_size)
-    flat = in_ch * side * side
-    for width in [*cfg.fc, cfg.num_classes]:
-        total += flat * width + width
-        flat = width
-    return total
 
 
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights before gradients and velocities: surely a typo

@@ -16,7 +16,7 @@ from torch import nn
 from alexnet.config import DataConfig
 from alexnet.data.augment import ColourStats, eval_views
 from alexnet.data.loader import BatchLoader
-from alexnet.parallel import all_reduce_sum
+from alexnet.parallel.ddp import all_reduce_sum
 
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:

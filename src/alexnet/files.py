@@ -1,4 +1,8 @@
-"""Checks on the files a command writes, made before any work is done.
+"""Files a command writes: the checks made before any work is done, the one atomic write, and file locks.
+
+Every write that must never be seen half-done (checkpoints, store files, manifests, configs, exports, the
+retrieval index) goes through `atomic_path`: a temporary file beside the target, fsynced, renamed over it,
+and the folder fsynced, so a crash at any moment leaves either the old file or the new one.
 
 Every command that writes a file (a figure, an export, a checkpoint) checks its output path here first: the
 folder exists, the suffix names a format the writer knows, an existing file is replaced only with
@@ -8,9 +12,17 @@ otherwise destroy the photo it reads).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no advisory locks; see try_lock
+    fcntl = None  # type: ignore[assignment]
 
 from alexnet.errors import UserError
 
@@ -53,3 +65,81 @@ def check_output(path: Path, flag: str, overwrite: bool, inputs: Iterable[str | 
         if not path.is_file():
             raise UserError(f"{flag} {path} exists and is not a regular file: choose another file")
     return path
+
+
+@functools.cache
+def file_mode() -> int:
+    """What open() would give a new file: 0666 less the umask (mkstemp's files are 0600)."""
+    try:  # Linux reports the umask without changing it
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable. Best effort: some systems cannot open or fsync a folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, before_replace: Callable[[], None] | None = None) -> Iterator[Path]:
+    """A temporary path beside `path` for the caller to write; when the block ends without an exception the
+    file is fsynced, given an ordinary file's mode and renamed over `path`. On any failure (an exception, a
+    check the caller makes inside the block) the temporary file goes and `path` is as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _fsync_file(tmp)
+        os.chmod(tmp, file_mode())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write a whole file (a manifest, config.yaml, metrics.jsonl) so that it is never seen half-written."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def try_lock(fd: int, wait: bool) -> bool | None:
+    """An exclusive advisory lock on an open file: True when held, False when another process holds it (only
+    when not `wait`), None where the system cannot lock (some network mounts, or no fcntl: not POSIX), where
+    the caller goes on unprotected rather than refuse to work. The kernel drops the lock when the descriptor
+    is closed or the process ends, SIGKILL included, so it never goes stale."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True

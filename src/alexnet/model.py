@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alexnet.config import ModelConfig, feature_map_size, layer_sizes, pool_geometry, pooled_size
-from alexnet.ops import LocalResponseNorm
+from alexnet.config import ModelConfig
+from alexnet.geometry import feature_map_size, layer_sizes, pool_geometry, pooled_size
+from alexnet.lrn.layer import LocalResponseNorm
 
 
 def conv_widths(cfg: ModelConfig) -> list[int]:

@@ -27,10 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.config import build_config, parse_assignments
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import CLASSES, write_image_folder
     from alexnet.errors import UserError
-    from alexnet.plots import plot_kernels
+    from alexnet.prepare.synthetic import CLASSES, write_image_folder
+    from alexnet.prepare.writer import prepare
+    from alexnet.tools.plots import plot_kernels
     from alexnet.train import train
 
     out: Path = args.out
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.data.loader import BatchLoader
     from alexnet.data.store import open_store
     from alexnet.evaluate import evaluate
-    from alexnet.inference import load_model
+    from alexnet.tools.inference import load_model
 
     model, mcfg, info = load_model(run_dir / "best.pt")
     store = open_store(out / "store")

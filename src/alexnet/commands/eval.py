@@ -20,18 +20,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (none either off a terminal)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", "-b", type=int, default=128, dest="batch_size")
-    p.add_argument("--cache", type=Path, default=None, help="where raw folders are prepared (default ./stores)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="where image folders are prepared (default $ALEXNET_CACHE or ~/.cache/alexnet)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.data.loader import BatchLoader
-    from alexnet.data.resolve import resolve_data
     from alexnet.errors import UserError
     from alexnet.evaluate import evaluate
-    from alexnet.inference import load_model
-    from alexnet.parallel import pick_device
-    from alexnet.train import precision_context
+    from alexnet.prepare.resolve import default_cache_dir, resolve_data
+    from alexnet.runtime import pick_device, precision_context
+    from alexnet.tools.inference import load_model
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be positive")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.data.crop != cfg0.data.crop:
             raise UserError(f"{path} takes {cfg.data.crop}-pixel crops, {args.checkpoints[0]} takes "
                             f"{cfg0.data.crop}: average checkpoints of one input size")
-    store = resolve_data(args.data, args.cache or Path("stores"), cfg0.data.image_size)
+    store = resolve_data(args.data, args.cache or default_cache_dir(), cfg0.data.image_size)
     store.verify()  # as train does: a store changed since it was prepared is not evaluated on
     if list(store.classes) != info0.classes:
         raise UserError(f"the data's {len(store.classes)} classes are not the {len(info0.classes)} classes the "

@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.export import FORMATS, export_onnx, export_program, export_safetensors, export_torchscript
     from alexnet.files import check_output
-    from alexnet.inference import load_model
+    from alexnet.tools.export import FORMATS, export_onnx, export_program, export_safetensors, export_torchscript
+    from alexnet.tools.inference import load_model
 
     out: Path = args.out or args.checkpoint.with_name(args.checkpoint.stem + FORMATS[args.format])
     check_output(out, "-o", args.overwrite, [args.checkpoint])

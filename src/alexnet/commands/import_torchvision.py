@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.torchvision_weights import import_torchvision
+    from alexnet.tools.torchvision_weights import import_torchvision
 
     out = import_torchvision(args.weights, args.out, args.classes, args.overwrite)
     print(f"wrote {out} (preset one-tower)")

@@ -30,9 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
-    from alexnet.inference import load_model
-    from alexnet.parallel import pick_device
-    from alexnet.predict import collect_images, draw_panel, format_text, predict_files, to_json
+    from alexnet.runtime import pick_device
+    from alexnet.tools.inference import load_model
+    from alexnet.tools.predict import collect_images, draw_panel, format_text, predict_files, to_json
 
     if args.batch_size < 1 or args.panel_images < 1:
         raise UserError("--batch-size and --panel-images must be positive")

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.data.prepare import prepare
+    from alexnet.prepare.writer import prepare
 
     prepare(args.src, args.out, size=args.size, workers=args.workers, strict=args.strict,
             val_fraction=args.val_fraction, progress=not args.quiet, seed=args.seed, labels=args.labels,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+CACHE_HELP = "where image folders are prepared (default $ALEXNET_CACHE or ~/.cache/alexnet)"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "grid grows past an edge that wins). Prints the rate table and the ratio; writes "
                     "OUT/figure1.md and OUT/figure1.png.")
     f.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
+    f.add_argument("--cache", type=Path, help=CACHE_HELP)
     f.add_argument("--out", type=Path, default=Path("runs/figure1"), help="output folder (default runs/figure1)")
     f.add_argument("--setting", choices=("paper", "modern"), default="paper",
                    help="paper: mean-subtracted pixels, N(0, 0.01^2) weights, constant rate (default); modern: "
@@ -51,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "OUT/ablations.md: validation top-1/top-5 error, mean and std over seeds, beside the "
                     "paper's reported effects. Finished runs are skipped on a re-run.")
     a.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
+    a.add_argument("--cache", type=Path, help=CACHE_HELP)
     a.add_argument("--out", type=Path, default=Path("runs/ablations"), help="output folder (default runs/ablations)")
     a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
     a.add_argument("--seed", type=int, metavar="K", help="train seed K only (to run seeds in parallel processes; "
@@ -71,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "OUT/lrn-cifar.md and OUT/results.json. Finished runs are skipped on a re-run.")
     lc.add_argument("--data", required=True,
                     help="a CIFAR-10 store (train + val/test splits), an image folder (prepared once), or cifar10")
+    lc.add_argument("--cache", type=Path, help=CACHE_HELP)
     lc.add_argument("--out", type=Path, default=Path("runs/lrn-cifar"), help="output folder (default runs/lrn-cifar)")
     lc.add_argument("--schedule", choices=("short", "paper"), default="short",
                     help="short: the preset's 40 epochs (an hour or less per run on 2 CPU cores); paper: the params "
@@ -82,12 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lc.set_defaults(func=run_lrn_cifar)
 
 
-def _store(data: str, out: Path, preset: str, overrides: dict):
+def _store(data: str, cache: Path | None, preset: str, overrides: dict):
     from alexnet.config import build_config
-    from alexnet.data.resolve import resolve_data
+    from alexnet.prepare.resolve import default_cache_dir, resolve_data
 
     cfg = build_config(preset, None, overrides)  # bad keys are reported before any work
-    return resolve_data(data, out / "stores", cfg.data.image_size)
+    return resolve_data(data, cache or default_cache_dir(), cfg.data.image_size)
 
 
 def run_figure1(args: argparse.Namespace) -> int:
@@ -111,7 +116,7 @@ def run_figure1(args: argparse.Namespace) -> int:
     if not 0 < args.target < 100:
         raise UserError("--target is a training error in percent: give a number between 0 and 100")
     overrides = parse_assignments(args.overrides)
-    store = _store(args.data, args.out, "figure1", overrides)
+    store = _store(args.data, args.cache, "figure1", overrides)
     opts = Figure1Options(target=args.target, max_epochs=args.max_epochs, rates=tuple(sorted(set(rates))),
                           setting=args.setting, lr_drop=args.lr_drop, max_extend=args.max_extend, jobs=args.jobs,
                           seed=args.seed, overrides=overrides,
@@ -134,7 +139,7 @@ def run_lrn_cifar(args: argparse.Namespace) -> int:
     if args.seed is not None and not 0 <= args.seed < args.seeds:
         raise UserError(f"--seed {args.seed} is outside the seeds 0..{args.seeds - 1}: raise --seeds or lower --seed")
     overrides = parse_assignments(args.overrides)
-    store = _store(args.data, args.out, PRESET, overrides)
+    store = _store(args.data, args.cache, PRESET, overrides)
     try:
         text, _ = reproduce_lrn_cifar(store, args.out, args.seeds, args.schedule, overrides, args.seed, args.only)
     except Stopped as stop:
@@ -165,7 +170,7 @@ def run_ablations(args: argparse.Namespace) -> int:
                             f"{', '.join(sorted(names))}")
         variants = tuple(v for v in VARIANTS if v.name in wanted)
     overrides = parse_assignments(args.overrides)
-    store = _store(args.data, args.out, PRESET, overrides)
+    store = _store(args.data, args.cache, PRESET, overrides)
     try:
         text = reproduce_ablations(store, args.out, args.seeds, args.epochs, overrides, variants, args.train_images,
                                    only_seed=args.seed)

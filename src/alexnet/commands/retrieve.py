@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--index-cache", type=Path, metavar="DIR",
                    help="where fc7 indexes are kept (default: a fc7-index folder beside the checkpoint)")
-    p.add_argument("--cache", type=Path, default=None, help="where image folders are prepared (default ./stores)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="where image folders are prepared (default $ALEXNET_CACHE or ~/.cache/alexnet)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", "-b", type=int, default=128, dest="batch_size")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while building the index")
@@ -38,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from alexnet.data.resolve import resolve_data
     from alexnet.errors import UserError
-    from alexnet.inference import load_model
-    from alexnet.parallel import pick_device
-    from alexnet.predict import decode
-    from alexnet.retrieve import build_or_load_index, embed_images, nearest, parse_store_query
+    from alexnet.prepare.resolve import default_cache_dir, resolve_data
+    from alexnet.runtime import pick_device
+    from alexnet.tools.inference import load_model
+    from alexnet.tools.predict import decode
+    from alexnet.tools.retrieve import build_or_load_index, embed_images, nearest, parse_store_query
 
     if args.k < 1 or args.batch_size < 1:
         raise UserError("-k and --batch-size must be positive")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--query {q} is neither an image file nor store:N")
     device = pick_device(args.device)
     model, cfg, info = load_model(args.checkpoint, device)
-    store = resolve_data(args.index, args.cache or Path("stores"), cfg.data.image_size,
+    store = resolve_data(args.index, args.cache or default_cache_dir(), cfg.data.image_size,
                          progress=not args.no_progress)
     store.verify()  # as train does: a store changed since it was prepared is not searched
     if store.size != cfg.data.image_size:
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             for rank, n in enumerate(r["neighbours"], 1):
                 print(f"  {rank}. store:{n['index']:<8} distance {n['distance']:10.4f}  {n['name']}")
     if args.panel is not None:
-        from alexnet.plots import RetrievalRow, plot_retrieval
+        from alexnet.tools.plots import RetrievalRow, plot_retrieval
 
         rows = []
         for q, image, r in zip(args.query, query_images, results):

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.config import build_config, parse_assignments
     from alexnet.model import AlexNet
-    from alexnet.summary import format_table, summarize
+    from alexnet.tools.summary import format_table, summarize
 
     cfg = build_config(args.preset, args.config, parse_assignments(args.overrides))
     s = summarize(AlexNet(cfg.model, cfg.data.crop), cfg.data.crop)

@@ -33,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a preset. Extra key=value arguments override config keys (lr=0.02 model.lrn=false).",
     )
     p.add_argument("--preset", default="paper", help=" | ".join(PRESETS) + " (default paper)")
-    p.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
+    p.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once into --cache), "
+                                                  "or cifar10")
+    p.add_argument("--cache", type=Path, help="where image folders are prepared into stores (default "
+                                              "$ALEXNET_CACHE or ~/.cache/alexnet)")
     p.add_argument("--out", required=True, type=Path, help="run directory (config, metrics, checkpoints)")
     p.add_argument("--epochs", type=int,
                    help=f"number of epochs (default: the preset's: {preset_values('train.epochs')})")
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-restarts takes a count >= 0 and goes with --nproc N (N > 1)")
     towers = None
     if args.towers:
-        from alexnet.towers import parse_tower_devices
+        from alexnet.parallel.towers import parse_tower_devices
 
         if args.nproc > 1 or "LOCAL_RANK" in os.environ:
             raise UserError("--towers places one model on two devices in one process: drop --nproc/torchrun, "
@@ -89,29 +92,36 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--towers needs a two-tower model; this config has model.towers={cfg.model.towers}: "
                             "drop --towers or set towers=2")
         towers = parse_tower_devices(args.towers)
+    from alexnet.prepare.resolve import default_cache_dir, resolve_data
+    from alexnet.runlog import prepare_run_dir
+
+    cache = args.cache or default_cache_dir()
     if args.dry_run:
         import json
 
-        from alexnet.dryrun import dry_run, format_report
+        from alexnet.tools.dryrun import dry_run, format_report
 
-        report = dry_run(cfg, args.data, args.out, args.resume)
+        report = dry_run(cfg, args.data, args.out, args.resume, cache)
         print(json.dumps(report) if args.json else format_report(report))
         return 0
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from alexnet.data.resolve import resolve_data
-        from alexnet.train import prepare_run_dir
-
-        # Checked and prepared here, once, so that N processes neither race nor all print the same error.
-        if cfg.optim.batch_size % args.nproc:
-            raise UserError(f"batch size {cfg.optim.batch_size} does not split evenly over {args.nproc} processes: "
-                            "choose a multiple of --nproc (the batch is the global batch)")
+    launcher = args.nproc > 1 and "LOCAL_RANK" not in os.environ
+    if launcher and cfg.optim.batch_size % args.nproc:
+        raise UserError(f"batch size {cfg.optim.batch_size} does not split evenly over {args.nproc} processes: "
+                        "choose a multiple of --nproc (the batch is the global batch)")
+    # The run folder is checked before the data is prepared (which can take long), by one process only; a
+    # worker restarted by torchrun resumes its job's run (train() decides).
+    rank0 = os.environ.get("RANK", "0") == "0"
+    if rank0 and "TORCHELASTIC_RESTART_COUNT" not in os.environ:
         prepare_run_dir(args.out, args.resume)
-        resolve_data(args.data, args.out.parent / "stores", cfg.data.image_size, progress=not args.no_progress)
+    # Raw images are prepared into a store here, once: N processes (all ranks of a machine, or the launcher
+    # before torchrun starts them) find it ready, or wait on its lock while one prepares it.
+    store = resolve_data(args.data, cache, cfg.data.image_size, progress=not args.no_progress and rank0)
+    if launcher:
         return _run_torchrun(args.nproc, args.max_restarts)
 
     from alexnet.train import train
 
-    return train(cfg, args.data, args.out, args.resume, progress=not args.no_progress, towers=towers)
+    return train(cfg, store, args.out, args.resume, progress=not args.no_progress, towers=towers)
 
 
 def _run_torchrun(nproc: int, max_restarts: int) -> int:

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from alexnet import train
 from alexnet.config import Config
 from alexnet.data.store import Split
-from alexnet.parallel import DistContext, pick_device
-from alexnet.plots import read_metrics
-from alexnet.train import Run, adapt_to_store
+from alexnet.parallel.ddp import DistContext
+from alexnet.runtime import pick_device
+from alexnet.tools.plots import read_metrics
+from alexnet.train import Run, adapt_to_store, set_up
 
 
 class Stopped(Exception):
@@ -69,14 +71,17 @@ def finished_epochs(run_dir: Path) -> list[dict[str, Any]]:
     return read_metrics(run_dir) if (Path(run_dir) / "metrics.jsonl").is_file() else []
 
 
-def fit(cfg: Config, store: Any, run_dir: Path, make_run: Callable[..., Run] = Run) -> Run:
+def fit(cfg: Config, store: Any, run_dir: Path, before: Callable[[Run], None] | None = None) -> Run:
     """Train (or continue: --resume auto semantics) one run in this process; Stopped on a signal.
 
-    make_run: Run or a subclass (or a partial of one), called as Run(cfg, store, run_dir, ctx, progress).
+    before: called with the run once it is set up, before it resumes and trains (a reproduction's changes:
+    hooks, a starting point).
     """
     adapt_to_store(cfg, store)
-    run = make_run(cfg, store, run_dir, DistContext(device=pick_device(cfg.train.device)), False)
-    status = run.fit("auto")
+    run = set_up(cfg, store, run_dir, DistContext(device=pick_device(cfg.train.device)), False)
+    if before is not None:
+        before(run)
+    status = train.fit(run, "auto")
     if status:
         raise Stopped(status)
     return run

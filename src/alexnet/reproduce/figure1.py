@@ -28,9 +28,9 @@ command is run again; several run at once in separate processes with `jobs`.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -102,25 +102,23 @@ def _config(activation: str, lr: float, epochs: int, opts: Figure1Options) -> Co
     return build_config("figure1", None, overrides)
 
 
-class _StopAtTarget(Run):
-    """A run that stops after the epoch whose training error reaches the target, and draws no per-epoch
+def _stop_at_target(target: float) -> Callable[[Run], None]:
+    """Set up a run to stop after the epoch whose training error reaches `target`, and to draw no per-epoch
     curves.png (the reproduction draws its own figure).
 
     The stop is the schedule's own flag, set before the epoch's checkpoint is written, so a finished run
     resumed later stays finished.
     """
 
-    def __init__(self, *args: Any, target: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.target = target
+    def stop_at_target(run: Run, record: dict[str, Any]) -> None:
+        if record["train_top1_error"] <= target:
+            run.schedule.should_stop = True
 
-    def plot_curves(self) -> None:
-        pass
+    def set_up(run: Run) -> None:
+        run.log.curves = False
+        run.after_epoch.append(stop_at_target)
 
-    def log(self, record: dict[str, Any]) -> None:
-        super().log(record)
-        if record.get("kind") == "epoch" and record["train_top1_error"] <= self.target:
-            self.schedule.should_stop = True
+    return set_up
 
 
 def run_dir_for(out: Path, activation: str, lr: float) -> Path:
@@ -137,7 +135,7 @@ def train_to_target(store: Any, activation: str, lr: float, out: Path, opts: Fig
         view = StoreView(store, {"train": store.split("train")})  # no val split: nothing but training is timed
         try:
             fit(_config(activation, lr, cap or opts.max_epochs, opts), view, run_dir,
-                functools.partial(_StopAtTarget, target=opts.target))
+                _stop_at_target(opts.target))
         except UserError as exc:
             if "non-finite" not in str(exc):
                 raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from alexnet.config import Config, build_config
 from alexnet.errors import UserError
 from alexnet.reproduce.common import StoreView, disjoint_samples, finished_epochs, fit, take
-from alexnet.train import Run
+from alexnet.train import Run, load_weights
 
 PRESET = "cifar-convnet"
 NETS = {"lrn": {}, "no_lrn": {"model.lrn": False}}
@@ -67,9 +68,8 @@ def multiview_error(run_dir: Path, store: Any) -> float:
     --multiview-test: softmax outputs of the 4 corner and centre crops and their mirrors averaged."""
     from alexnet.data.loader import BatchLoader
     from alexnet.evaluate import evaluate
-    from alexnet.inference import load_model
-    from alexnet.parallel import pick_device
-    from alexnet.train import precision_context
+    from alexnet.runtime import pick_device, precision_context
+    from alexnet.tools.inference import load_model
 
     device = pick_device("auto")
     model, cfg, info = load_model(run_dir / "last.pt", device)
@@ -83,14 +83,15 @@ def _wall_time(run_dir: Path) -> float:
     return sum(r.get("epoch_time", 0.0) for r in finished_epochs(run_dir))
 
 
-def _train(cfg: Config, store: Any, run_dir: Path, say, make_run: Any = Run) -> list[dict[str, Any]]:
+def _train(cfg: Config, store: Any, run_dir: Path, say, before: Callable[[Run], None] | None = None,
+           ) -> list[dict[str, Any]]:
     records = finished_epochs(run_dir)
     done = records and (len(records) >= cfg.train.epochs or _schedule_stopped(run_dir))
     if done:
         say(f"skipped {run_dir.name}: finished")
         return records
     say(f"training {run_dir}")
-    fit(cfg, store, run_dir, make_run)
+    fit(cfg, store, run_dir, before)
     return finished_epochs(run_dir)
 
 
@@ -115,22 +116,18 @@ def holdout_view(store: Any, fraction: float, seed: int = 0) -> StoreView:
     return StoreView(store, {"train": take(train, fit_index), "val": take(train, hold_index)})
 
 
-class ContinuedRun(Run):
-    """A run that starts from another run's weights and velocities (phase 2 from phase 1) when it has no
+def start_from(checkpoint: Path) -> Callable[[Run], None]:
+    """Set up a run to start from another run's weights and velocities (phase 2 from phase 1) when it has no
     checkpoint of its own; its epoch count and schedule are its own."""
 
-    start_from: Path
-
-    def fit(self, resume: str | None) -> int:
-        if self.checkpoints.newest_valid(self.device) is None:
+    def set_up(run: Run) -> None:
+        if run.checkpoints.newest_valid(run.device) is None:
             from alexnet.checkpoint import load_checkpoint
-            from alexnet.towers import load_grouped_optimizer_state
 
-            ckpt = load_checkpoint(self.start_from, self.device)
-            self.model.load_state_dict(ckpt["model"])
-            load_grouped_optimizer_state(self.model, self.optimizer, ckpt["optimizer"])
-            self.say(f"starting from {self.start_from} (its weights and velocities)")
-        return super().fit(resume)
+            load_weights(run, load_checkpoint(checkpoint, run.device))
+            run.log.say(f"starting from {checkpoint} (its weights and velocities)")
+
+    return set_up
 
 
 def run_paper_schedule(store: Any, cfg: Config, run_dir: Path, sched: PaperSchedule, say) -> list[dict[str, Any]]:
@@ -146,11 +143,7 @@ def run_paper_schedule(store: Any, cfg: Config, run_dir: Path, sched: PaperSched
     first, second = sched.low_rate_epochs
     final.optim.milestones = [sched.fold_epochs, sched.fold_epochs + first]
     final.train.epochs = sched.fold_epochs + first + second
-
-    class FromPhase1(ContinuedRun):
-        start_from = run_dir / "phase1" / "last.pt"
-
-    return _train(final, store, run_dir / "final", say, FromPhase1)
+    return _train(final, store, run_dir / "final", say, start_from(run_dir / "phase1" / "last.pt"))
 
 
 def reproduce_lrn_cifar(store: Any, out: Path, seeds: int, schedule: str, overrides: dict[str, Any],

@@ -1,4 +1,4 @@
-"""alexnet.hostmemory: freed host memory is reused, so a second large tensor takes no new page faults."""
+"""alexnet.runtime: freed host memory is reused, so a second large tensor takes no new page faults."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = r"""
 import resource, sys, torch
-from alexnet.hostmemory import keep_freed_memory
+from alexnet.runtime import keep_freed_memory
 assert keep_freed_memory()
 faults = []
 for step in range(12):  # a step's worth of big tensors (above glibc's largest mmap threshold, 32 MiB), freed

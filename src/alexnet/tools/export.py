@@ -12,7 +12,7 @@ Inside, the crop is converted to float, the training set's mean (the centre crop
 image, or torchvision's per-channel mean) is subtracted, the `imagenet` normalisation divides by its
 standard deviation, and the channels are moved first. The batch size N is free.
 
-Local response normalization: the fast autograd.Function of alexnet.ops cannot be traced, so the export
+Local response normalization: the fast autograd.Function of alexnet.lrn.layer cannot be traced, so the export
 runs on a copy of the model whose LRN layers compute the same formula with plain torch ops (per tower);
 during ONNX export each tower's LRN becomes ONNX's own LRN operator, which has torch's semantics
 (alpha / size per term, window [c - (size - 1) // 2, c + size // 2] for odd sizes).
@@ -28,8 +28,6 @@ import contextlib
 import copy
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,9 +40,10 @@ from torch import Tensor, nn
 
 from alexnet.config import Config, config_from_dict
 from alexnet.errors import UserError
-from alexnet.inference import ModelInfo
+from alexnet.files import atomic_path
+from alexnet.lrn.layer import LocalResponseNorm
 from alexnet.model import AlexNet
-from alexnet.ops import LocalResponseNorm
+from alexnet.tools.inference import ModelInfo
 
 SAFETENSORS_FORMAT = "alexnet-safetensors/1"
 # Largest accepted |exported - PyTorch| on the logits, in float32: 1e-4 for logits up to 1 in size, and
@@ -68,7 +67,7 @@ class _OnnxLRN(torch.autograd.Function):
 
 
 class PlainLocalResponseNorm(nn.Module):
-    """The same normalization as alexnet.ops.LocalResponseNorm with traceable torch ops, tower by tower."""
+    """The same normalization as alexnet.lrn.layer.LocalResponseNorm with traceable torch ops, tower by tower."""
 
     def __init__(self, lrn: LocalResponseNorm) -> None:
         super().__init__()
@@ -114,17 +113,10 @@ class CropClassifier(nn.Module):
 
 def _write_atomically(out: Path, write: Callable[[str], None], check: Callable[[str], None] | None = None) -> None:
     """write(tmp) then check(tmp) then rename over `out`: a failed export leaves no file and `out` unchanged."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
+    with atomic_path(out) as tmp:
+        write(str(tmp))
         if check is not None:
-            check(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            check(str(tmp))
 
 
 @dataclass
@@ -192,7 +184,7 @@ def load_safetensors(path: str | Path) -> tuple[AlexNet, Config, ModelInfo]:
 
 # ------------------------------------------------------------------------------------------------ ONNX
 def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, exporter: str = "dynamo") -> Agreement:
-    """Write the ONNX file after checking it with onnxruntime against the eager model (with alexnet.ops' LRN).
+    """Write the ONNX file after checking it with onnxruntime against the eager model (with alexnet.lrn.layer' LRN).
 
     exporter: "dynamo", PyTorch's current exporter (torch.export, then onnxscript), where LRN becomes standard
     ops (Pow, AveragePool over the maps, Div); or "torchscript", the deprecated tracing exporter, which honours
@@ -298,8 +290,3 @@ def export_torchscript(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) 
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "export": ".pt2", "torchscript": ".torchscript.pt"}
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -12,14 +12,17 @@ RUN/.torchrun-job): a first attempt refused for an existing run directory stays 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from alexnet.checkpoint import atomic_write_text
 from alexnet.errors import UserError
+from alexnet.files import atomic_write
+from alexnet.runtime import pick_device
 
 
 @dataclass
@@ -36,24 +39,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto: this rank's GPU when there is one, else the CPU. Asking for CUDA without one is bad input."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name} was asked for but no CUDA GPU is visible: use --device cpu")
-        if name == "cuda":
-            return torch.device(f"cuda:{local_rank}")
-        index = torch.device(name).index or 0
-        if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
 
 
 def env_int(name: str, default: int, minimum: int) -> int:
@@ -116,6 +101,49 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+class StopFlag:
+    """Set by SIGTERM/SIGINT. The handler only records the signal; the loop acts at a step boundary.
+
+    A second Ctrl-C (SIGINT) stops at once, without the checkpoint: for someone who cannot wait for the
+    step to finish. The atomic save means even that leaves no broken file.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+
+def agreed_stop(stop: StopFlag, ctx: DistContext, at_sync_point: bool) -> int:
+    """The signal every rank stops for at this step boundary (0: go on).
+
+    One process: its own flag, a Python int, at every step. Several: all ranks must stop at the same step, so
+    they agree with one max-reduce, and only at sync points (log steps and epoch ends), where the host waits
+    for the device anyway: a signal is acted on at most train.log_every steps late, and the host never syncs
+    more often than that."""
+    if not ctx.distributed:
+        return stop.signum
+    if not at_sync_point:
+        return 0
+    flag = torch.tensor([stop.signum], dtype=torch.int64, device=ctx.device)
+    all_reduce_max(flag)
+    stop.signum = stop.signum or int(flag[0])
+    return stop.signum
+
+
 JOB_FILE = ".torchrun-job"
 
 
@@ -145,6 +173,6 @@ def mark_elastic_job(run_dir: Path) -> None:
         if mark.is_file() and mark.read_text().strip() == job:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(job + "\n", mark)
+        atomic_write(mark, job + "\n")
     except OSError:
         pass  # an unwritable directory is reported when the run writes its config

@@ -6,7 +6,6 @@ the cache folder and reused afterwards) or the word "cifar10" (downloaded and pr
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from alexnet.data.store import MANIFEST, Store, is_store, open_store
 from alexnet.errors import UserError
+from alexnet.files import try_lock
 
 CACHE_ENV = "ALEXNET_CACHE"
 
@@ -48,7 +48,7 @@ def resolve_data(spec: str, cache_dir: Path, size: int, progress: bool = True) -
     target = cached_store_path(spec, Path(cache_dir), size)
     if is_store(target):
         return open_store(target)
-    from alexnet.data.prepare import prepare
+    from alexnet.prepare.writer import prepare
 
     missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def resolve_data(spec: str, cache_dir: Path, size: int, progress: bool = True) -
         # Several processes (e.g. the ranks of one machine) may ask at once: one prepares, the others
         # wait here and then open its store. An interrupted preparation is resumed by prepare itself.
         with open(lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try_lock(lock.fileno(), wait=True)
             if is_store(target):
                 return open_store(target)
             return prepare(spec, target, size=size, progress=progress, cache_dir=Path(cache_dir))

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from alexnet.config import build_config
-from alexnet.cpus import compute_threads, cpu_times, idle_cores, idle_cores_between
 from alexnet.errors import UserError
+from alexnet.runtime import compute_threads, cpu_times, idle_cores, idle_cores_between
 
 
 def test_idle_cores_from_two_samples_hand_computed():

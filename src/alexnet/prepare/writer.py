@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -47,14 +46,15 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.cpus import usable_cores
-from alexnet.data import ilsvrc
 from alexnet.data.classnames import class_names
-from alexnet.data.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
-from alexnet.data.imagestats import add_image
-from alexnet.data.sources import Item, Source, find_source, item_pixels, merge_validation, split_off_validation
 from alexnet.data.store import FORMAT, MANIFEST, SPLITS, Store, checksum, is_store, open_store
 from alexnet.errors import UserError
+from alexnet.files import atomic_path, atomic_write, fsync_dir, try_lock
+from alexnet.prepare import ilsvrc
+from alexnet.prepare.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
+from alexnet.prepare.imagestats import add_image
+from alexnet.prepare.sources import Item, Source, find_source, item_pixels, merge_validation, split_off_validation
+from alexnet.runtime import usable_cores
 
 PARTIAL = ".partial"
 LOCK = ".partial.lock"
@@ -128,10 +128,8 @@ def _exclusive(out: Path) -> Iterator[None]:
         raise UserError(f"{out / PARTIAL} is not a folder: remove it, or choose another --out")
     lock_path = out / LOCK
     with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another prepare is writing into {out}; wait for it to finish") from None
+        if try_lock(lock.fileno(), wait=False) is False:
+            raise UserError(f"another prepare is writing into {out}; wait for it to finish")
         try:
             yield
         finally:
@@ -288,7 +286,7 @@ def _open_partial(partial: Path, plan: _Plan, progress: bool) -> None:
         images = np.lib.format.open_memmap(partial / split / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
         del images  # a sparse file: rows are written by the workers
     # plan.json last: its presence says the folder is ready to be resumed
-    _write_atomic(plan_file, json.dumps({"fingerprint": plan.fingerprint}).encode())
+    atomic_write(plan_file, json.dumps({"fingerprint": plan.fingerprint}).encode())
 
 
 def _finished_partial(partial: Path, plan: _Plan) -> bool:
@@ -328,14 +326,9 @@ class _State:
         return copy
 
     def save(self, partial: Path) -> None:
-        tmp = partial / "state.tmp.npz"
-        with open(tmp, "wb") as f:
+        with atomic_path(partial / "state.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, done=np.array(sorted(self.done), dtype=np.int64), sum_image=self.sum_image,
                      gram=self.gram, skipped=np.array(json.dumps(self.skipped)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, partial / "state.npz")
-        _fsync_dir(partial)
 
 
 # -------------------------------------------------------------------------------------------- workers
@@ -581,7 +574,7 @@ def _finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
         "preprocessing": "EXIF orientation applied, alpha dropped, shorter side scaled to size "
                          "(antialiased bilinear), centre size x size crop, uint8 RGB",
     }
-    _write_atomic(partial / "finished.json", json.dumps(manifest).encode())
+    atomic_write(partial / "finished.json", json.dumps(manifest).encode())
 
 
 def _row_order(count: int, holes: list[int]) -> list[int]:
@@ -663,10 +656,10 @@ def _install(out: Path, partial: Path, progress: bool, started: float) -> Store:
         if src.exists():  # absent: moved by an earlier, interrupted install
             os.replace(src, dst)
     for split in manifest["splits"]:
-        _fsync_dir(out / split)
+        fsync_dir(out / split)
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest["complete"] = True
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     shutil.rmtree(partial)
     store = open_store(out)
     if progress:
@@ -674,31 +667,6 @@ def _install(out: Path, partial: Path, progress: bool, started: float) -> Store:
     return store
 
 
-# -------------------------------------------------------------------------------------------- files
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,9 @@ import torch
 
 from alexnet.config import Config
 from alexnet.errors import UserError
-from alexnet.inference import ModelInfo
+from alexnet.files import atomic_path, atomic_write
 from alexnet.model import AlexNet
+from alexnet.tools.inference import ModelInfo
 
 INDEX_FORMAT = "alexnet-fc7-index/1"
 RERANK_EXTRA = 32  # candidates beyond k whose distances are recomputed exactly
@@ -103,37 +102,28 @@ def build_or_load_index(model: AlexNet, cfg: Config, info: ModelInfo, store: Any
     dim = embed_images(model, torch.from_numpy(np.array(data.images[:1])).to(device), cfg, stats).shape[1]
     # Written to a temporary file and renamed: an interrupted build never leaves a half index behind.
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fc7-", suffix=".npy.tmp", dir=cache_dir)
+        with atomic_path(npy) as tmp:
+            vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=n, desc="fc7 index", unit="img", dynamic_ncols=True)
+            for batch in loader.eval_batches():
+                idx = batch.index.cpu().numpy()
+                vectors[idx[0]:idx[-1] + 1] = embed_images(model, batch.images, cfg, stats).cpu().numpy()
+                if bar is not None:
+                    bar.update(len(idx))
+            if bar is not None:
+                bar.close()
+            vectors.flush()
+            del vectors
     except OSError as exc:
         raise UserError(f"cannot write the index into {cache_dir} ({exc.strerror}): choose --index-cache") from None
-    os.close(fd)
-    try:
-        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=n, desc="fc7 index", unit="img", dynamic_ncols=True)
-        for batch in loader.eval_batches():
-            idx = batch.index.cpu().numpy()
-            vectors[idx[0]:idx[-1] + 1] = embed_images(model, batch.images, cfg, stats).cpu().numpy()
-            if bar is not None:
-                bar.update(len(idx))
-        if bar is not None:
-            bar.close()
-        vectors.flush()
-        del vectors
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
-        os.replace(tmp, npy)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     record = {"format": INDEX_FORMAT, "split": split, "count": n, "dim": dim, "store": str(store.root),
               "bytes": npy.stat().st_size, "digest": _sampled_digest(npy),
               "crop": cfg.data.crop, "layer": "last hidden FC layer after its activation (fc7)"}
-    tmp_meta = meta.with_name(meta.name + ".tmp")
-    tmp_meta.write_text(json.dumps(record, indent=1))
-    os.replace(tmp_meta, meta)  # written last: its presence marks a finished index
+    atomic_write(meta, json.dumps(record, indent=1))  # written last: its presence marks a finished index
     return Index(np.load(npy, mmap_mode="r"), np.asarray(data.labels), npy, built=True)
 
 
@@ -201,8 +191,3 @@ def parse_store_query(text: str, count: int) -> int | None:
         raise UserError(f"--query {text}: the indexed split has images 0 to {count - 1}")
     return i
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

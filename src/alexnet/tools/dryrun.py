@@ -43,7 +43,7 @@ def activation_bytes(model: AlexNet, crop: int, batch: int) -> int:
 
 def timed_steps(cfg: Config, model: AlexNet, device: torch.device, steps: int = 3) -> float:
     """Median seconds of a training step (forward, loss, backward, update) on random data, after one warm-up."""
-    from alexnet.train import precision_context, use_channels_last
+    from alexnet.runtime import precision_context, use_channels_last
 
     model = model.to(device)
     if use_channels_last(cfg, device):
@@ -71,13 +71,14 @@ def timed_steps(cfg: Config, model: AlexNet, device: torch.device, steps: int = 
     return statistics.median(times)
 
 
-def dry_run(cfg: Config, data: str, run_dir: Path, resume: str | None, steps: int = 3) -> dict[str, Any]:
+def dry_run(cfg: Config, data: str, run_dir: Path, resume: str | None, cache: Path,
+            steps: int = 3) -> dict[str, Any]:
     """Everything checked and measured, nothing written; the report as a dict (printed by the command)."""
-    from alexnet.cpus import compute_threads
     from alexnet.data.store import is_store, open_store
-    from alexnet.parallel import pick_device
-    from alexnet.summary import summarize
-    from alexnet.train import adapt_to_store, prepare_run_dir
+    from alexnet.runlog import prepare_run_dir
+    from alexnet.runtime import compute_threads, pick_device
+    from alexnet.tools.summary import summarize
+    from alexnet.train import adapt_to_store
 
     prepare_run_dir(run_dir, resume)
     report: dict[str, Any] = {"run_dir": str(run_dir), "resume": resume}
@@ -95,7 +96,7 @@ def dry_run(cfg: Config, data: str, run_dir: Path, resume: str | None, steps: in
         if data != "cifar10" and not path.exists():
             raise UserError(f"data '{data}' does not exist")
         n_train = n_val = None
-        report["data"] = (f"{data}: not a store; a real run prepares it once into {run_dir.parent / 'stores'} "
+        report["data"] = (f"{data}: not a store; a real run prepares it once into {cache} "
                           "(not done in a dry run, which writes nothing)")
     threads = compute_threads(cfg.train.threads)
     if threads:

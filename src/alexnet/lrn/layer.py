@@ -34,12 +34,12 @@ step produced a non-finite loss). Compiled, the formula measured slower than thi
 after 37 s of compiling: conv1 at batch 128 on one thread, forward 90 against 80 ms and backward 290
 against 130 ms (channels_last backward: 1000 against 145 ms); `train.compile` is off by default.
 
-On CUDA, channels_last input goes through two fused Triton kernels instead (`alexnet.lrn_triton`: one
+On CUDA, channels_last input goes through two fused Triton kernels instead (`alexnet.lrn.cuda`: one
 pass over each pixel's row of channels forward, one backward), because on a GPU every full-size pass is a
 trip through memory: the eager passes took more than half of the paper model's training step on an H100
 (docs/PERFORMANCE.md). `CUDA_KERNEL = "eager"` keeps the passes below on CUDA too. On the CPU,
 float32 and bfloat16 channels_last input goes through the same two loops compiled by Numba
-(`alexnet.lrn_numba`, 2-3x faster than the passes below); `CPU_KERNEL = "eager"` keeps these passes.
+(`alexnet.lrn.cpu`, 2-3x faster than the passes below); `CPU_KERNEL = "eager"` keeps these passes.
 
 bfloat16 and float16 inputs are computed in float32 and returned in their own dtype. The output keeps
 the input's memory format (contiguous or channels_last).
@@ -89,7 +89,7 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
     return _LocalResponseNorm.apply(x, size, coefficient, beta, k, groups)
 
 
-# "triton": CUDA tensors in channels_last layout go through alexnet.lrn_triton's fused kernels when Triton
+# "triton": CUDA tensors in channels_last layout go through alexnet.lrn.cuda's fused kernels when Triton
 # is importable; "eager": always this module's own passes (for comparison: benchmarks/bench_gpu.py).
 CUDA_KERNEL = "triton"
 
@@ -97,28 +97,10 @@ CUDA_KERNEL = "triton"
 @functools.cache
 def _triton_function() -> type | None:
     try:
-        from alexnet.lrn_triton import TritonLocalResponseNorm
+        from alexnet.lrn.cuda import TritonLocalResponseNorm
     except ImportError:  # no Triton (CPU-only installs): the eager passes serve CUDA too
         return None
     return _checked(TritonLocalResponseNorm, "cuda", (torch.float32,), "fused CUDA LRN kernels")
-
-
-def fused_lrn_function(name: str, forward: Callable[..., Tensor], backward: Callable[..., Tensor]) -> type:
-    """An autograd.Function named `name` around a fused forward(x, size, coefficient, beta, k, groups) and
-    backward(x, grad_out, size, coefficient, beta, k, groups); like the eager layer it saves only the input."""
-
-    def function_forward(ctx, x: Tensor, size: int, coefficient: float, beta: float, k: float,
-                         groups: int) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.args = (size, coefficient, beta, k, groups)
-        return forward(x, size, coefficient, beta, k, groups)
-
-    def function_backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
-        return backward(x, grad_out, *ctx.args), None, None, None, None, None
-
-    return type(name, (torch.autograd.Function,), {"forward": staticmethod(function_forward),
-                                                   "backward": staticmethod(function_backward)})
 
 
 def _checked(function: type, device: str, dtypes: tuple[torch.dtype, ...], what: str) -> type | None:
@@ -149,7 +131,7 @@ def _checked(function: type, device: str, dtypes: tuple[torch.dtype, ...], what:
     return function
 
 
-# "numba": CPU tensors of float32 or bfloat16 in channels_last layout go through alexnet.lrn_numba's fused
+# "numba": CPU tensors of float32 or bfloat16 in channels_last layout go through alexnet.lrn.cpu's fused
 # loops when Numba is importable (2-3x faster, docs/PERFORMANCE.md); "eager": this module's own passes.
 CPU_KERNEL = "numba"
 
@@ -157,7 +139,7 @@ CPU_KERNEL = "numba"
 @functools.cache
 def _numba_function() -> type | None:
     try:
-        from alexnet.lrn_numba import NumbaLocalResponseNorm
+        from alexnet.lrn.cpu import NumbaLocalResponseNorm
     except ImportError:  # no Numba for this platform: the eager passes serve
         return None
     return _checked(NumbaLocalResponseNorm, "cpu", (torch.float32, torch.bfloat16), "fused CPU LRN loops")

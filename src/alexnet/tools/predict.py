@@ -1,6 +1,6 @@
 """Top-k classes of image files, for `alexnet predict` (the paper's Figure 4, left).
 
-Each image is decoded exactly as `prepare` stores it (alexnet.data.decode.load_image: shorter side to S,
+Each image is decoded exactly as `prepare` stores it (alexnet.prepare.decode.load_image: shorter side to S,
 centre S x S), then seen through the centre crop or the ten views, as in evaluation. When an image sits
 in a folder named like one of the classes (its id or its name), that class is taken as its true class.
 """
@@ -17,7 +17,7 @@ import torch
 
 from alexnet.config import Config
 from alexnet.errors import UserError
-from alexnet.inference import ModelInfo
+from alexnet.tools.inference import ModelInfo
 
 # Files inside a folder are taken as images by these suffixes; a file named on the command line is tried
 # whatever its name (the decoder goes by content).
@@ -61,7 +61,7 @@ def true_class_of(path: Path, info: ModelInfo) -> int | None:
 
 def decode(path: Path, size: int) -> np.ndarray:
     """uint8 (S, S, 3) as prepare stores it; UserError naming the file when it is not a usable image."""
-    from alexnet.data.decode import SkipImage, load_image
+    from alexnet.prepare.decode import SkipImage, load_image
 
     try:
         return load_image(path, size)
@@ -153,7 +153,7 @@ def format_text(predictions: Sequence[Prediction], info: ModelInfo) -> str:
 
 def draw_panel(predictions: Sequence[Prediction], info: ModelInfo, size: int, out: str | Path,
                count: int = 10, views: str = "centre crop") -> Path:
-    from alexnet.plots import PredictionTile, plot_predictions
+    from alexnet.tools.plots import PredictionTile, plot_predictions
 
     tiles = []
     for i in panel_choice(len(predictions), count):

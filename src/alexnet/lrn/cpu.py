@@ -29,7 +29,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
-from alexnet.ops import fused_lrn_function
+from alexnet.lrn.autograd import fused_lrn_function
 from alexnet.threads import split_work
 
 # Rows per task: enough work to hide the hand-off to a thread (tens of microseconds), and enough tasks

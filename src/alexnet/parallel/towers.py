@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from alexnet.errors import UserError
+from alexnet.lrn.layer import LocalResponseNorm
 from alexnet.model import AlexNet
-from alexnet.ops import LocalResponseNorm
 
 TOWERS = 2
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from alexnet.ops import fused_lrn_function
+from alexnet.lrn.autograd import fused_lrn_function
 
 # a block of about this many values per program: enough work per program, few registers
 _BLOCK_ELEMENTS = 2048

@@ -29,11 +29,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from alexnet.data import cifar
 from alexnet.data.classnames import CIFAR10_CLASSES
-from alexnet.data.decode import MAX_IMAGE_FILE_BYTES, SkipImage, decode_image, read_bytes, resize_center_crop
-from alexnet.data.ilsvrc import Labels
 from alexnet.errors import UserError
+from alexnet.prepare import cifar
+from alexnet.prepare.decode import MAX_IMAGE_FILE_BYTES, SkipImage, decode_image, read_bytes, resize_center_crop
+from alexnet.prepare.ilsvrc import Labels
 
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
@@ -99,7 +99,7 @@ def find_source(src: str | Path, labels: Labels | None = None, words: dict[str, 
                 cache_dir: Path | None = None) -> Source:
     """Detect the layout of src and list its images. labels: for flat validation folders and tars."""
     if str(src) == "cifar10" and not Path("cifar10").exists():
-        from alexnet.data.resolve import default_cache_dir
+        from alexnet.prepare.resolve import default_cache_dir
 
         folder = cifar.fetch(cache_dir or default_cache_dir())
         source = _cifar_source(folder, "cifar10-python (downloaded)")
