@@ -1,4 +1,5 @@
-# make demo: set up .venv, then run the demo on generated data.  make test: set up, lint, run the tests.
+# make demo: set up .venv, then run the demo on generated data.  make test: set up, lint (ruff and the import
+# contracts of pyproject.toml), run the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,6 +20,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks hubconf.py
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --timeout 600

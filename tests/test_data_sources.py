@@ -13,8 +13,8 @@ from datagen import add_bytes, centre, encode, make_devkit, make_tar_of_tars, pa
 from PIL import Image
 
 from alexnet.data import classnames
-from alexnet.prepare import ilsvrc
 from alexnet.errors import UserError
+from alexnet.prepare import ilsvrc
 from alexnet.prepare.decode import SkipImage, bare_jpeg_pixels, decode_image, load_image, plain_jpeg_pixels
 from alexnet.prepare.sources import find_source, item_pixels, split_off_validation, unsafe_member_name
 

@@ -241,3 +241,30 @@ def test_launch_refuses_a_batch_that_does_not_split(shapes_store, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1 and "does not split evenly over 2 processes" in err
     assert not (tmp_path / "run").exists()
+
+
+def collectives_per_rank(shapes_store: Path, tmp_path: Path, log_every: int) -> list[int]:
+    """all_reduce calls of each of two ranks over one whole run (2 epochs of 12 steps)."""
+    counts = tmp_path / f"counts-{log_every}"
+    counts.mkdir()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", COUNT_DIR=str(counts))
+    helper = Path(__file__).with_name("count_collectives.py")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(helper), "train", "--preset", "demo", "--data", str(shapes_store), "--out",
+                           str(tmp_path / f"run-{log_every}"), "--no-progress",
+                           *cli_args(**{"train.log_every": log_every})],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads((counts / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_ranks_meet_only_at_log_steps_and_epoch_ends(shapes_store, tmp_path):
+    # The stop request (a signal on any rank) is agreed on with one all_reduce at each log step, not at every
+    # step: over 24 steps, log_every 4 makes 24/4 = 6 such meetings and log_every 12 makes 24/12 = 2. Everything
+    # else (epoch sums, validation counts, the agreement at each epoch end) is the same in both runs.
+    every_4 = collectives_per_rank(shapes_store, tmp_path, 4)
+    every_12 = collectives_per_rank(shapes_store, tmp_path, 12)
+    assert every_4[0] == every_4[1] and every_12[0] == every_12[1]  # a collective every rank makes
+    assert every_4[0] - every_12[0] == STEPS // 4 - STEPS // 12
+    # and in all far fewer than one per step (a per-step agreement alone would be 24)
+    assert every_4[0] < STEPS

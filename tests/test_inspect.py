@@ -11,9 +11,9 @@ from conftest import run_cli
 from PIL import Image
 
 from alexnet.config import build_config
+from alexnet.plots import curves_figure, kernel_grid, read_metrics
 from alexnet.prepare.synthetic import draw
 from alexnet.tools.inference import load_model
-from alexnet.tools.plots import curves_figure, kernel_grid, read_metrics
 from alexnet.tools.retrieve import nearest
 from alexnet.train import train
 

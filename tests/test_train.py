@@ -135,7 +135,7 @@ def test_tensorboard_holds_conv1_kernels_each_epoch_and_the_hparams(shapes_store
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from alexnet.config import build_config
-    from alexnet.tools.plots import kernel_grid
+    from alexnet.plots import kernel_grid
     from alexnet.train import train
 
     overrides = {"optim.batch_size": 16, "data.crop": 32, "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64],

@@ -143,3 +143,12 @@ def try_lock(fd: int, wait: bool) -> bool | None:
     except OSError:
         return None
     return True
+
+
+CACHE_ENV = "ALEXNET_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """$ALEXNET_CACHE, or ~/.cache/alexnet."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "alexnet"

@@ -128,7 +128,7 @@ class RunLog:
         weight = first.weight if hasattr(first, "weight") else torch.cat([half.weight.cpu() for half in first])
         if weight.dim() != 4 or weight.shape[1] != 3:
             return  # conv1 of a locally connected or non-RGB net: nothing to draw
-        from alexnet.tools.plots import kernel_grid
+        from alexnet.plots import kernel_grid
 
         grid, _ = kernel_grid(weight.detach().float().cpu().numpy(), towers)
         try:
@@ -154,7 +154,7 @@ class RunLog:
         if not self.is_main or not self.curves:
             return
         try:
-            from alexnet.tools.plots import plot_curves
+            from alexnet.plots import plot_curves
 
             plot_curves([self.run_dir], self.run_dir / "curves.png")
         except Exception as exc:  # a figure must never stop a training run

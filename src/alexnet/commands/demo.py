@@ -28,9 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.config import build_config, parse_assignments
     from alexnet.errors import UserError
+    from alexnet.plots import plot_kernels
     from alexnet.prepare.synthetic import CLASSES, write_image_folder
     from alexnet.prepare.writer import prepare
-    from alexnet.tools.plots import plot_kernels
     from alexnet.train import train
 
     out: Path = args.out

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.data.loader import BatchLoader
     from alexnet.errors import UserError
     from alexnet.evaluate import evaluate
-    from alexnet.prepare.resolve import default_cache_dir, resolve_data
+    from alexnet.files import default_cache_dir
+    from alexnet.prepare.resolve import resolve_data
     from alexnet.runtime import pick_device, precision_context
     from alexnet.tools.inference import load_model
 

@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
     from alexnet.files import check_output, figure_suffixes
+    from alexnet.plots import plot_kernels
     from alexnet.tools.inference import load_model
-    from alexnet.tools.plots import plot_kernels
 
     check_output(args.out, "-o", args.overwrite, [args.checkpoint], figure_suffixes())
     model, cfg, _ = load_model(args.checkpoint)

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
     from alexnet.files import check_output, figure_suffixes
-    from alexnet.tools.plots import plot_curves, read_metrics
+    from alexnet.plots import plot_curves, read_metrics
     for run_dir in args.runs:
         if not run_dir.is_dir():
             raise UserError(f"{run_dir} is not a run directory: pass the --out folder of `alexnet train`")

@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _store(data: str, cache: Path | None, preset: str, overrides: dict):
     from alexnet.config import build_config
-    from alexnet.prepare.resolve import default_cache_dir, resolve_data
+    from alexnet.files import default_cache_dir
+    from alexnet.prepare.resolve import resolve_data
 
     cfg = build_config(preset, None, overrides)  # bad keys are reported before any work
     return resolve_data(data, cache or default_cache_dir(), cfg.data.image_size)

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from alexnet.errors import UserError
-    from alexnet.prepare.resolve import default_cache_dir, resolve_data
+    from alexnet.files import default_cache_dir
+    from alexnet.prepare.resolve import resolve_data
     from alexnet.runtime import pick_device
     from alexnet.tools.inference import load_model
     from alexnet.tools.predict import decode
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             for rank, n in enumerate(r["neighbours"], 1):
                 print(f"  {rank}. store:{n['index']:<8} distance {n['distance']:10.4f}  {n['name']}")
     if args.panel is not None:
-        from alexnet.tools.plots import RetrievalRow, plot_retrieval
+        from alexnet.plots import RetrievalRow, plot_retrieval
 
         rows = []
         for q, image, r in zip(args.query, query_images, results):

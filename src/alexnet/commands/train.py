@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--towers needs a two-tower model; this config has model.towers={cfg.model.towers}: "
                             "drop --towers or set towers=2")
         towers = parse_tower_devices(args.towers)
-    from alexnet.prepare.resolve import default_cache_dir, resolve_data
+    from alexnet.files import default_cache_dir
+    from alexnet.prepare.resolve import resolve_data
     from alexnet.runlog import prepare_run_dir
 
     cache = args.cache or default_cache_dir()

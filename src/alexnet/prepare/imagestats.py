@@ -40,3 +40,23 @@ def add_image(image: np.ndarray, position_sums: np.ndarray, gram: np.ndarray) ->
     gram[1, 1] += np.int64(s11)
     gram[1, 2] += np.int64(s12)
     gram[2, 2] += np.int64(s22)
+
+
+def colour_pca(sum_rgb: np.ndarray, gram: np.ndarray, pixels: int) -> tuple[list, list, list]:
+    """Mean RGB and the eigen-decomposition of the 3x3 pixel covariance (unbiased, like np.cov).
+
+    Computed from exact integer sums: covariance = (P * sum(x x^T) - sum(x) sum(x)^T) / (P (P - 1)),
+    with the numerator in Python integers so nothing cancels catastrophically.
+    """
+    s = [int(v) for v in sum_rgb]
+    numerator = np.array([[pixels * int(gram[i, j]) - s[i] * s[j] for j in range(3)] for i in range(3)],
+                         dtype=object)
+    covariance = (numerator / (pixels * (pixels - 1))).astype(np.float64) if pixels > 1 else np.zeros((3, 3))
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    # eigh's signs are arbitrary; make each column's largest component positive so stores are comparable
+    signs = np.sign(eigenvectors[np.argmax(np.abs(eigenvectors), axis=0), range(3)])
+    eigenvectors = eigenvectors * np.where(signs == 0, 1, signs)
+    mean = [v / pixels for v in s]
+    return mean, eigenvalues.tolist(), eigenvectors.tolist()

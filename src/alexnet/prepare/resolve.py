@@ -7,21 +7,12 @@ the cache folder and reused afterwards) or the word "cifar10" (downloaded and pr
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
 from alexnet.data.store import MANIFEST, Store, is_store, open_store
 from alexnet.errors import UserError
 from alexnet.files import try_lock
-
-CACHE_ENV = "ALEXNET_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """$ALEXNET_CACHE, or ~/.cache/alexnet."""
-    configured = os.environ.get(CACHE_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "alexnet"
 
 
 def cached_store_path(spec: str, cache_dir: Path, size: int) -> Path:

@@ -99,7 +99,7 @@ def find_source(src: str | Path, labels: Labels | None = None, words: dict[str, 
                 cache_dir: Path | None = None) -> Source:
     """Detect the layout of src and list its images. labels: for flat validation folders and tars."""
     if str(src) == "cifar10" and not Path("cifar10").exists():
-        from alexnet.prepare.resolve import default_cache_dir
+        from alexnet.files import default_cache_dir
 
         folder = cifar.fetch(cache_dir or default_cache_dir())
         source = _cifar_source(folder, "cifar10-python (downloaded)")

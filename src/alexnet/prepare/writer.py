@@ -29,7 +29,6 @@ of their split.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import json
 import multiprocessing
@@ -46,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.data.classnames import class_names
-from alexnet.data.store import FORMAT, MANIFEST, SPLITS, Store, checksum, is_store, open_store
+from alexnet.data.store import FORMAT, SPLITS, Store, is_store
 from alexnet.errors import UserError
-from alexnet.files import atomic_path, atomic_write, fsync_dir, try_lock
+from alexnet.files import atomic_path, atomic_write, try_lock
 from alexnet.prepare import ilsvrc
 from alexnet.prepare.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
+from alexnet.prepare.finish import finish, install, one_line
 from alexnet.prepare.imagestats import add_image
 from alexnet.prepare.sources import Item, Source, find_source, item_pixels, merge_validation, split_off_validation
 from alexnet.runtime import usable_cores
@@ -95,7 +94,7 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
     partial = out / PARTIAL
     with _exclusive(out):
         if _finished_partial(partial, plan):  # a previous run decided everything; only installing was left
-            return _install(out, partial, progress, started)
+            return install(out, partial, progress, started)
         _check_out(out, overwrite)
         if strict:
             _fail_if_skipped(plan.listing_skips())
@@ -106,8 +105,8 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
                                         for split, i, reason in state.skipped]
         if strict:
             _fail_if_skipped(skips)
-        _finish(plan, partial, state, out)
-        return _install(out, partial, progress, started)
+        finish(plan, partial, state, out)
+        return install(out, partial, progress, started)
 
 
 @contextlib.contextmanager
@@ -138,23 +137,6 @@ def _exclusive(out: Path) -> Iterator[None]:
                 lock_path.unlink(missing_ok=True)
                 if created and not any(out.iterdir()):
                     out.rmdir()
-
-
-def summary_line(store: Store, seconds: float | None = None) -> str:
-    """One line for the end of a prepare: counts, skips, size, time."""
-    parts = []
-    for name, info in store.manifest["splits"].items():
-        parts.append(f"{name} {info['count']} images ({len(info['skipped'])} skipped)")
-    line = f"prepared {store.root}: {', '.join(parts)}; {store.size}x{store.size}, {len(store.classes)} classes"
-    if seconds is not None:
-        total = sum(int(info["count"]) for info in store.manifest["splits"].values())
-        line += f"; {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} images/s)"
-    if any(info["skipped"] for info in store.manifest["splits"].values()):
-        line += f"; skipped files and reasons are listed in {store.root / MANIFEST}"
-    return line
-
-
-# ----------------------------------------------------------------------------------------------- plan
 
 
 def _find(src, labels, devkit, synsets, val, cache_dir) -> Source:  # noqa: ANN001
@@ -253,16 +235,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _fail_if_skipped(skips: list[tuple[str, str, str]]) -> None:
     if skips:
-        listed = "; ".join(f"{_one_line(name)}: {reason}" for _, name, reason in skips)
+        listed = "; ".join(f"{one_line(name)}: {reason}" for _, name, reason in skips)
         raise UserError(f"{len(skips)} file(s) cannot be used (--strict): {listed}; "
                         "fix or remove them, or run without --strict to skip them")
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\n", "\\n").replace("\r", "\\r")
-
-
-# ------------------------------------------------------------------------------------------- partial
 
 
 def _open_partial(partial: Path, plan: _Plan, progress: bool) -> None:
@@ -517,156 +492,3 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
         bar.close()
         saver.shutdown(wait=True)
     save()
-
-
-
-# ------------------------------------------------------------------------------------------- finishing
-
-
-def _finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
-    """Compact, write labels/mean/PCA/checksums into .partial and record the manifest to install."""
-    source = plan.source
-    skipped_rows: dict[str, dict[int, str]] = {s: {} for s in plan.splits}
-    for split, index, reason in state.skipped:
-        skipped_rows[split][int(index)] = reason
-    splits_info = {}
-    train_count = 0
-    for split in plan.splits:
-        items = plan.items[split]
-        holes = skipped_rows[split]
-        kept = len(items) - len(holes)
-        if kept == 0:
-            first = min(holes)
-            raise UserError(f"no usable image in the {split} split of {source.path}: every file was skipped "
-                            f"(first: {_one_line(items[first].name)}: {holes[first]})")
-        order = _row_order(len(items), sorted(holes))
-        images_path = partial / split / "images.npy"
-        _compact(images_path, order, kept)
-        labels = np.array([items[i].label for i in order], dtype=np.int64)
-        _write_npy(partial / split / "labels.npy", labels)
-        skipped = [{"file": n, "reason": r} for n, r in source.splits[split].skipped]
-        skipped += [{"file": items[i].name, "reason": holes[i]} for i in sorted(holes)]
-        splits_info[split] = {
-            "count": kept,
-            "per_class": np.bincount(labels, minlength=len(source.classes)).tolist(),
-            "skipped": skipped,
-            "images_bytes": os.path.getsize(images_path),
-            "checksum": checksum(images_path, partial / split / "labels.npy"),
-        }
-        if split == "train":
-            train_count = kept
-    mean = state.sum_image / train_count
-    _write_npy(partial / "mean.npy", mean.astype(np.float32))
-    mean_rgb, eigenvalues, eigenvectors = _colour_pca(state.sum_image.sum(axis=(0, 1)), state.gram,
-                                                      train_count * plan.size * plan.size)
-    source_info = {"path": source.path, "layout": source.layout}
-    if source.val_origin:
-        source_info["val"] = {"path": source.val_origin[0], "layout": source.val_origin[1]}
-    manifest = {
-        "format": FORMAT,
-        "size": plan.size,
-        "classes": list(source.classes),
-        "class_names": class_names(list(source.classes), source.words),
-        "source": source_info,
-        "splits": splits_info,
-        "mean_rgb": mean_rgb,
-        "pca": {"eigenvalues": eigenvalues, "eigenvectors": eigenvectors},
-        "preprocessing": "EXIF orientation applied, alpha dropped, shorter side scaled to size "
-                         "(antialiased bilinear), centre size x size crop, uint8 RGB",
-    }
-    atomic_write(partial / "finished.json", json.dumps(manifest).encode())
-
-
-def _row_order(count: int, holes: list[int]) -> list[int]:
-    """Item index stored at each final row: skipped rows take the split's last kept images."""
-    kept = count - len(holes)
-    hole_set = set(holes)
-    donors = [i for i in range(kept, count) if i not in hole_set]
-    order = list(range(kept))
-    for hole, donor in zip((h for h in holes if h < kept), donors):
-        order[hole] = donor
-    return order
-
-
-def _compact(path: Path, order: list[int], kept: int) -> None:
-    """Move donor rows into holes, then shrink images.npy to `kept` rows. Safe to repeat after a crash:
-    donors all lie at or beyond `kept` and only rows before it are written, until the final truncation."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, _ = reader(f)
-        data_offset = f.tell()
-    row_bytes = int(np.prod(shape[1:]))
-    final_bytes = data_offset + kept * row_bytes
-    if shape[0] == kept and os.path.getsize(path) == final_bytes:
-        return
-    if shape[0] != kept:
-        images = np.lib.format.open_memmap(path, mode="r+")
-        for row, item in enumerate(order):
-            if row != item:
-                images[row] = images[item]
-        images.flush()
-        del images
-    # Same header length as before (spaces absorb the shorter shape), so the data does not move.
-    prefix = 10 if version == (1, 0) else 12
-    new_shape = (kept, *shape[1:])
-    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {new_shape!r}, }}"
-    header = (text + " " * (data_offset - prefix - len(text) - 1) + "\n").encode("latin1")
-    with open(path, "r+b") as f:
-        f.seek(prefix)
-        f.write(header)
-        f.truncate(final_bytes)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _colour_pca(sum_rgb: np.ndarray, gram: np.ndarray, pixels: int) -> tuple[list, list, list]:
-    """Mean RGB and the eigen-decomposition of the 3x3 pixel covariance (unbiased, like np.cov).
-
-    Computed from exact integer sums: covariance = (P * sum(x x^T) - sum(x) sum(x)^T) / (P (P - 1)),
-    with the numerator in Python integers so nothing cancels catastrophically.
-    """
-    s = [int(v) for v in sum_rgb]
-    numerator = np.array([[pixels * int(gram[i, j]) - s[i] * s[j] for j in range(3)] for i in range(3)],
-                         dtype=object)
-    covariance = (numerator / (pixels * (pixels - 1))).astype(np.float64) if pixels > 1 else np.zeros((3, 3))
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    order = np.argsort(eigenvalues)[::-1]
-    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
-    # eigh's signs are arbitrary; make each column's largest component positive so stores are comparable
-    signs = np.sign(eigenvectors[np.argmax(np.abs(eigenvectors), axis=0), range(3)])
-    eigenvectors = eigenvectors * np.where(signs == 0, 1, signs)
-    mean = [v / pixels for v in s]
-    return mean, eigenvalues.tolist(), eigenvectors.tolist()
-
-
-def _install(out: Path, partial: Path, progress: bool, started: float) -> Store:
-    """Move the finished files into OUT, write manifest.json last, remove .partial. Idempotent."""
-    manifest = json.loads((partial / "finished.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on OUT is not a complete store until the end
-    for stale in SPLITS:
-        if stale not in manifest["splits"] and (out / stale).exists():
-            shutil.rmtree(out / stale)
-    moves = [(partial / "mean.npy", out / "mean.npy")]
-    for split in manifest["splits"]:
-        (out / split).mkdir(exist_ok=True)
-        moves += [(partial / split / n, out / split / n) for n in ("images.npy", "labels.npy")]
-    for src, dst in moves:
-        if src.exists():  # absent: moved by an earlier, interrupted install
-            os.replace(src, dst)
-    for split in manifest["splits"]:
-        fsync_dir(out / split)
-    manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    manifest["complete"] = True
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1).encode())
-    shutil.rmtree(partial)
-    store = open_store(out)
-    if progress:
-        print(summary_line(store, time.monotonic() - started), file=sys.stderr)
-    return store
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)

@@ -12,8 +12,8 @@ from alexnet import train
 from alexnet.config import Config
 from alexnet.data.store import Split
 from alexnet.parallel.ddp import DistContext
+from alexnet.plots import read_metrics
 from alexnet.runtime import pick_device
-from alexnet.tools.plots import read_metrics
 from alexnet.train import Run, adapt_to_store, set_up
 
 

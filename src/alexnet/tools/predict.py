@@ -153,7 +153,7 @@ def format_text(predictions: Sequence[Prediction], info: ModelInfo) -> str:
 
 def draw_panel(predictions: Sequence[Prediction], info: ModelInfo, size: int, out: str | Path,
                count: int = 10, views: str = "centre crop") -> Path:
-    from alexnet.tools.plots import PredictionTile, plot_predictions
+    from alexnet.plots import PredictionTile, plot_predictions
 
     tiles = []
     for i in panel_choice(len(predictions), count):

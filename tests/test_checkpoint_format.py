@@ -1,0 +1,50 @@
+"""Checkpoints written by an earlier version of the code (format alexnet-checkpoint/1, before the package
+was reorganised) still load and resume exactly.
+
+tests/data/checkpoint-format-1/ was written by that version: a 3-class store, the checkpoint of a run stopped
+at step 9 (mid-epoch 2 of 2, batch 8), that run's config.yaml, and the last checkpoint of the same run left
+to finish without a stop. The expectation is that earlier code's own uninterrupted result: resuming its
+step-9 checkpoint with this code must end on the same weights, bit for bit (exact resume on the CPU).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import run_cli
+
+from alexnet.checkpoint import load_checkpoint
+from alexnet.config import config_from_dict
+from alexnet.train import train
+
+OLD = Path(__file__).with_name("data") / "checkpoint-format-1"
+
+
+def test_an_old_checkpoint_resumes_to_the_old_uninterrupted_result(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(OLD / "config.yaml", run / "config.yaml")
+    shutil.copy(OLD / "step-9.pt", run / "last.pt")
+    cfg = config_from_dict(yaml.safe_load((OLD / "config.yaml").read_text()))
+    cfg.train.max_steps = 0  # the stopped run had max_steps=9; its uninterrupted twin had no limit
+    assert load_checkpoint(run / "last.pt")["run"]["global_step"] == 9
+    assert train(cfg, OLD / "store", run, resume="auto", progress=False) == 0
+    got = torch.load(run / "last.pt", weights_only=True)
+    want = torch.load(OLD / "uninterrupted-last.pt", weights_only=True)
+    assert got["run"]["global_step"] == want["run"]["global_step"] == 12
+    for key, value in want["model"].items():
+        assert torch.equal(got["model"][key], value), key
+    assert got["optimizer"]["state"].keys() == want["optimizer"]["state"].keys()
+    for index, state in want["optimizer"]["state"].items():  # the velocities
+        for name, value in state.items():
+            assert torch.equal(got["optimizer"]["state"][index][name], value), (index, name)
+
+
+def test_an_old_checkpoint_evaluates_from_the_command_line():
+    done = run_cli("eval", str(OLD / "uninterrupted-last.pt"), "--data", str(OLD / "store"))
+    assert done.returncode == 0, done.stderr
+    # the earlier code validated this checkpoint at 61.11% top-1 error: 7 of the 18 validation images right
+    assert "61.11" in done.stdout, done.stdout
