@@ -90,7 +90,7 @@ def test_groups_normalize_each_tower_on_its_own(groups, channels):
 
 @pytest.mark.parametrize("size, groups", [(5, 2), (4, 1)])
 def test_under_torch_compile_the_layer_matches_torch(size, groups):
-    """Traced by torch.compile, the layer is the formula in functional ops (see ops.py); aot_eager runs the
+    """Traced by torch.compile, the layer is the formula in functional ops (see lrn/layer.py); aot_eager runs the
     traced forward and backward graphs without generating code, so no C compiler is needed."""
     torch._dynamo.reset()
     torch.manual_seed(3)

@@ -84,10 +84,9 @@ class TowerConv2d(nn.Conv2d):
       split:   one convolution per tower (its slice of the inputs, or all of them where groups == 1), the
                outputs concatenated: the two GPUs' work of the paper, on one device;
       auto:    grouped, except a 3-channel stem (conv1) on the CPU, which goes per tower. oneDNN computes the
-               weight gradient of conv1 at 96 outputs by im2col and GEMM (x64:gemm:jit at batch 128) but
-               at 48 by its direct JIT kernel: per tower, conv1's forward + backward measured 233-238 ms
-               against 277-333 ms (batch 128, 2 threads, docs/PERFORMANCE.md). Other layers gain nothing
-               from splitting on the CPU (conv3: the same within noise), and GPUs do one call best.
+               weight gradient of conv1 at 96 outputs by im2col and GEMM but at 48 by its faster direct JIT
+               kernel (docs/PERFORMANCE.md, "Design measurements"). Other layers gain nothing from
+               splitting on the CPU, and GPUs do one call best.
     Every mode gives the same result (up to float summation order).
     """
 

@@ -44,9 +44,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"image_size": 32, "crop": 28},
         "optim": {"lr": 0.02, "weight_decay": 0.001, "schedule": "milestones", "milestones": [10, 13],
                   "batch_size": 128},
-        # bf16 autocast: 1.4x the images/s of fp32 on this CPU. Threads: the cores idle at start. On 2 cores
-        # two threads made the bf16 step 1.26x faster on an idle machine but 1.2-1.4x slower (up to 4x under
-        # heavy load) when another process held a core (186 / 234 ms idle, 337-397 / 238-316 ms shared)
+        # bf16 autocast where the CPU has it (faster than fp32); threads: the cores idle at start, since a thread
+        # on a core another process holds slows every op (docs/PERFORMANCE.md, "Design measurements")
         "train": {"epochs": 15, "precision": "bf16", "threads": -1},
     },
     # Figure 1: the four-layer CIFAR-10 net (three 5x5 conv layers of 32, 32, 64 maps, each followed by 3/2

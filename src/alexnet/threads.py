@@ -1,6 +1,6 @@
 """Compiled CPU loops that release the GIL, run on several Python threads at once.
 
-The Numba kernels (lrn_numba.py, data/cutviews.py) each handle a range [first, last) of independent items
+The Numba kernels (lrn/cpu.py, data/cutviews.py) each handle a range [first, last) of independent items
 and release the GIL while they run, so a few Python threads give them several cores without a second
 thread layer (Numba's own parallel mode would start an OpenMP or TBB pool beside torch's).
 """

@@ -2,7 +2,7 @@
 
 --nproc N replaces this process by torchrun (torch.distributed.run --standalone) running N copies of the
 same command, after the checks that need no processes (config, run directory, data prepared once here).
---towers DEV0,DEV1 places the paper's two towers on two devices (src/alexnet/towers.py).
+--towers DEV0,DEV1 places the paper's two towers on two devices (src/alexnet/parallel/towers.py).
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ image's value at the same (possibly mirrored) position: augment.py's formula, in
 every way of cutting views agrees bit for bit. A crop row of an (S, S, 3) image is crop * 3 contiguous
 values, so the loop runs along rows; a mirrored row reads its pixels backwards three at a time and the
 mirrored mean image forwards. The loop releases the GIL: the batch is shared between torch's threads
-(threads.py) and the loader's reading thread is never held up by it, nor it by the loader. Against one
-torch op per image and row slice (256 GIL hand-offs a batch, one thread) this took a 128 x 224 batch from
-about 11 ms to 10 on one thread and 5.5 on two (docs/PERFORMANCE.md).
+(threads.py) and the loader's reading thread is never held up by it, nor it by the loader (one torch op
+per image and row slice would take 256 GIL hand-offs a batch: docs/PERFORMANCE.md, "Design measurements").
 """
 
 from __future__ import annotations

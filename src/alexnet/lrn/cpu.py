@@ -1,6 +1,6 @@
 """Local response normalization on the CPU as two fused loops (forward, backward) compiled by Numba.
 
-ops.py's eager layer is a chain of full-size vectorized torch passes: about 9 forward and 16 backward,
+layer.py's eager layer is a chain of full-size vectorized torch passes: about 9 forward and 16 backward,
 each a trip through memory. Here each pixel's channels are one contiguous row of a channels_last tensor,
 and one loop over the rows does everything for a row while it sits in the L1 cache: the forward reads
 each value once and writes the output once; the backward reads the input and the incoming gradient and
@@ -8,14 +8,14 @@ writes the gradient, recomputing the scales it needs. The inner loops run along 
 vectorizes them. The rows are split between torch.get_num_threads() Python threads (threads.py); the
 compiled loops release the GIL, so they run at once.
 
-The formulas are ops.py's (module docstring there): b_i = a_i * scale_i ** -beta, scale_i = k + c * S_i,
+The formulas are layer.py's (module docstring there): b_i = a_i * scale_i ** -beta, scale_i = k + c * S_i,
 S_i the sum of squares over window(i) = [i - size // 2, i + (size - 1) // 2] within the tower, and
 
     grad_a_j = g_j * scale_j ** -beta - 2 * beta * c * a_j * sum_{i : j in window(i)} g_i a_i scale_i ** (-beta - 1)
 
 computed in float32. float32 tensors are read directly; bfloat16 tensors (the CPU's autocast type) are
 read as their 16-bit patterns, widened to float32 in the loop, and rounded back to nearest-even when
-written. Used by ops.local_response_norm for CPU tensors in channels_last layout of those two dtypes when
+written. Used by lrn.layer.local_response_norm for CPU tensors in channels_last layout of those two dtypes when
 Numba is importable; every other case keeps the eager passes.
 """
 

@@ -1,13 +1,13 @@
 """Local response normalization on CUDA as two fused Triton kernels (forward, backward), for NHWC maps.
 
-The eager layer in ops.py is a chain of full-size float32 passes written for the CPU; on a GPU each pass
+The eager layer in layer.py is a chain of full-size float32 passes written for the CPU; on a GPU each pass
 is a trip through memory, and on an H100 the paper model's two LRN layers took more than half of a
 training step at batch 1024 (docs/PERFORMANCE.md). Here each pixel's channels are one contiguous row of
 a channels_last tensor, and one program normalizes a block of rows: the forward reads each value once
 from memory (its neighbours' reloads hit the cache) and writes the output once; the backward reads the
 input and the incoming gradient and writes the gradient, recomputing the scales it needs.
 
-The formulas are ops.py's (module docstring there): b_i = a_i * scale_i ** -beta, scale_i = k + c * S_i,
+The formulas are layer.py's (module docstring there): b_i = a_i * scale_i ** -beta, scale_i = k + c * S_i,
 S_i the sum of squares over window(i) = [i - size // 2, i + (size - 1) // 2] within the tower, and
 
     grad_a_j = g_j * scale_j ** -beta - 2 * beta * c * a_j * sum_{i : j in window(i)} g_i a_i scale_i ** (-beta - 1)

@@ -30,9 +30,8 @@ Here forward and backward are each a short run of single vectorized torch ops (9
 Under torch.compile the layer is the same formula written as plain functional ops (`_lrn_functional`,
 differentiated by autograd), which inductor fuses into its own kernels: the hand-made autograd.Function
 writes into preallocated buffers, which the compiler does not trace faithfully (on CUDA its compiled
-step produced a non-finite loss). Compiled, the formula measured slower than this eager code on the CPU,
-after 37 s of compiling: conv1 at batch 128 on one thread, forward 90 against 80 ms and backward 290
-against 130 ms (channels_last backward: 1000 against 145 ms); `train.compile` is off by default.
+step produced a non-finite loss). Compiled, the formula ran slower than this eager code on the CPU
+(docs/PERFORMANCE.md, "Design measurements"), so `train.compile` is off by default.
 
 On CUDA, channels_last input goes through two fused Triton kernels instead (`alexnet.lrn.cuda`: one
 pass over each pixel's row of channels forward, one backward), because on a GPU every full-size pass is a
@@ -371,8 +370,8 @@ def _pow_neg(base: Tensor, beta: float, out: Tensor) -> Tensor:
 def _on_huge_pages(buffer: Tensor) -> Tensor:
     """Ask Linux to back a fresh, untouched, large CPU buffer with 2 MiB pages; returns the buffer.
 
-    A fresh buffer is mapped on first touch, one 4 KiB page fault at a time: for conv1's output at batch
-    128 (148 MB) that measured 82 ms against 8 ms for writing it, and 21 ms with huge pages. PyTorch does
+    A fresh buffer is mapped on first touch, one 4 KiB page fault at a time, which costs several times the
+    writing itself (docs/PERFORMANCE.md, "Design measurements"). PyTorch does
     the same for every tensor when started with THP_MEM_ALLOC_ENABLE=1, but reads that once at start-up;
     this asks per buffer. Elsewhere (other devices, small buffers, not Linux) it does nothing.
     """
