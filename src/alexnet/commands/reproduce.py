@@ -8,6 +8,12 @@ from pathlib import Path
 CACHE_HELP = "where image folders are prepared (default $ALEXNET_CACHE or ~/.cache/alexnet)"
 
 
+def _data_and_out(p: argparse.ArgumentParser, out: str, data_help: str) -> None:
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--cache", type=Path, help=CACHE_HELP)
+    p.add_argument("--out", type=Path, default=Path(out), help=f"output folder (default {out})")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "reproduce", help="re-measure the paper's claims: Figure 1 (ReLU vs tanh), ablations, LRN on CIFAR-10",
@@ -23,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--max-epochs; each activation's rate is the one that gets there in the fewest epochs (the "
                     "grid grows past an edge that wins). Prints the rate table and the ratio; writes "
                     "OUT/figure1.md and OUT/figure1.png.")
-    f.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
-    f.add_argument("--cache", type=Path, help=CACHE_HELP)
-    f.add_argument("--out", type=Path, default=Path("runs/figure1"), help="output folder (default runs/figure1)")
+    _data_and_out(f, "runs/figure1", "a prepared store, an image folder (prepared once), or cifar10")
     f.add_argument("--setting", choices=("paper", "modern"), default="paper",
                    help="paper: mean-subtracted pixels, N(0, 0.01^2) weights, constant rate (default); modern: "
                         "unit-scaled inputs, PyTorch's init, the rate-drop heuristic")
@@ -53,9 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "pooling, two towers, PCA colour noise, dropout, crops and flips), for each seed. Writes "
                     "OUT/ablations.md: validation top-1/top-5 error, mean and std over seeds, beside the "
                     "paper's reported effects. Finished runs are skipped on a re-run.")
-    a.add_argument("--data", required=True, help="a prepared store, an image folder (prepared once), or cifar10")
-    a.add_argument("--cache", type=Path, help=CACHE_HELP)
-    a.add_argument("--out", type=Path, default=Path("runs/ablations"), help="output folder (default runs/ablations)")
+    _data_and_out(a, "runs/ablations", "a prepared store, an image folder (prepared once), or cifar10")
     a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
     a.add_argument("--seed", type=int, metavar="K", help="train seed K only (to run seeds in parallel processes; "
                                                             "the table over all seeds comes from a run without it)")
@@ -73,10 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the cifar-convnet preset (cuda-convnet's layers-conv-local-11pct) with and without "
                     "local response normalization for each seed; multiview (ten views) validation error. Writes "
                     "OUT/lrn-cifar.md and OUT/results.json. Finished runs are skipped on a re-run.")
-    lc.add_argument("--data", required=True,
-                    help="a CIFAR-10 store (train + val/test splits), an image folder (prepared once), or cifar10")
-    lc.add_argument("--cache", type=Path, help=CACHE_HELP)
-    lc.add_argument("--out", type=Path, default=Path("runs/lrn-cifar"), help="output folder (default runs/lrn-cifar)")
+    _data_and_out(lc, "runs/lrn-cifar",
+                  "a CIFAR-10 store (train + val/test splits), an image folder (prepared once), or cifar10")
     lc.add_argument("--schedule", choices=("short", "paper"), default="short",
                     help="short: the preset's 40 epochs (an hour or less per run on 2 CPU cores); paper: the params "
                          "file's methodology, about 470 epochs with a held-out phase (hours on a CPU, for a GPU)")

@@ -111,12 +111,21 @@ class CropClassifier(nn.Module):
         return self.model(x.permute(0, 3, 1, 2))
 
 
-def _write_atomically(out: Path, write: Callable[[str], None], check: Callable[[str], None] | None = None) -> None:
-    """write(tmp) then check(tmp) then rename over `out`: a failed export leaves no file and `out` unchanged."""
+def _write_checked(out: Path, cfg: Config, reference: nn.Module, write: Callable[[str], None],
+                   run_saved: Callable[[str, Tensor], np.ndarray], what: str) -> Agreement:
+    """write(tmp); then the file, loaded back and run by run_saved(tmp, crops) on another batch size than the
+    export's (the batch axis is free), must agree with the eager reference; then it is renamed over `out`.
+    A failed export or check leaves no file and `out` unchanged."""
     with atomic_path(out) as tmp:
         write(str(tmp))
-        if check is not None:
-            check(str(tmp))
+        crops = random_crops(cfg, 3, seed=1)
+        got = run_saved(str(tmp), crops)
+        with torch.no_grad():
+            want = reference(crops).numpy()
+        agreement = compare(got, want)
+        if not agreement.ok:
+            raise UserError(f"{what} disagrees with the eager model: {agreement.describe()}; no file written")
+    return agreement
 
 
 @dataclass
@@ -158,7 +167,8 @@ def export_safetensors(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) 
                     "input.pca_eigenvectors": info.pca_eigenvectors.contiguous()})
     metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(cfg.to_dict()),
                 "classes": json.dumps(info.classes), "class_names": json.dumps(info.class_names)}
-    _write_atomically(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_safetensors(path: str | Path) -> tuple[AlexNet, Config, ModelInfo]:
@@ -216,20 +226,11 @@ def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, exporte
                               input_names=["crops"], output_names=["logits"],
                               dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}})
 
-    result: dict[str, Agreement] = {}
-
-    def check(tmp: str) -> None:
+    def run_saved(tmp: str, crops: Tensor) -> np.ndarray:
         session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        crops = random_crops(cfg, 3, seed=1)  # another batch size than the export's: the axis is free
-        got = session.run(["logits"], {"crops": crops.numpy()})[0]
-        with torch.no_grad():
-            want = reference(crops).numpy()
-        result["agreement"] = agreement = compare(got, want)
-        if not agreement.ok:
-            raise UserError(f"onnxruntime disagrees with PyTorch: {agreement.describe()}; no file written")
+        return session.run(["logits"], {"crops": crops.numpy()})[0]
 
-    _write_atomically(out, write, check)
-    return result["agreement"]
+    return _write_checked(out, cfg, reference, write, run_saved, "onnxruntime running the ONNX file")
 
 
 # ------------------------------------------------------------------------------------------------ torch.export
@@ -238,7 +239,6 @@ def export_program(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> A
     loading it back (torch.export.load) against the eager model."""
     wrapper = CropClassifier(traceable_copy(model), cfg, info).eval()
     reference = CropClassifier(copy.deepcopy(model).cpu().eval(), cfg, info).eval()
-    result: dict[str, Agreement] = {}
 
     def write(tmp: str) -> None:
         with torch.no_grad():
@@ -246,18 +246,11 @@ def export_program(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> A
                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(program, tmp)
 
-    def check(tmp: str) -> None:
-        crops = random_crops(cfg, 3, seed=1)
+    def run_saved(tmp: str, crops: Tensor) -> np.ndarray:
         with torch.no_grad():
-            got = torch.export.load(tmp).module()(crops)
-            want = reference(crops)
-        result["agreement"] = agreement = compare(got.numpy(), want.numpy())
-        if not agreement.ok:
-            raise UserError(f"the exported program disagrees with the eager model: {agreement.describe()}; "
-                            "no file written")
+            return torch.export.load(tmp).module()(crops).numpy()
 
-    _write_atomically(out, write, check)
-    return result["agreement"]
+    return _write_checked(out, cfg, reference, write, run_saved, "the exported program")
 
 
 # ------------------------------------------------------------------------------------------------ TorchScript
@@ -265,7 +258,6 @@ def export_torchscript(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) 
     """Trace and save, after checking the saved file, loaded back, against the eager model."""
     wrapper = CropClassifier(traceable_copy(model), cfg, info).eval()
     reference = CropClassifier(copy.deepcopy(model).cpu().eval(), cfg, info).eval()
-    result: dict[str, Agreement] = {}
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
@@ -273,19 +265,12 @@ def export_torchscript(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) 
             traced = torch.jit.trace(wrapper, (random_crops(cfg, 2),))
             torch.jit.save(traced, tmp)
 
-    def check(tmp: str) -> None:
-        crops = random_crops(cfg, 3, seed=1)
+    def run_saved(tmp: str, crops: Tensor) -> np.ndarray:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)
-            got = torch.jit.load(tmp)(crops)
-            want = reference(crops)
-        result["agreement"] = agreement = compare(got.numpy(), want.numpy())
-        if not agreement.ok:
-            raise UserError(f"the TorchScript file disagrees with the eager model: {agreement.describe()}; "
-                            "no file written")
+            return torch.jit.load(tmp)(crops).numpy()
 
-    _write_atomically(out, write, check)
-    return result["agreement"]
+    return _write_checked(out, cfg, reference, write, run_saved, "the TorchScript file")
 
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "export": ".pt2", "torchscript": ".torchscript.pt"}
