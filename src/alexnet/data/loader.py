@@ -111,6 +111,9 @@ class BatchLoader:
             # use is filled again instead (buffers.py)
             buf = self.buffers.empty(shape, np.uint8)
             out = torch.from_numpy(buf)
+        if hasattr(self.images, "read_into"):  # a JPEG store: decoded on torch's threads into the buffer
+            self.images.read_into(idx, buf)
+            return out
         if self.file is None:
             np.take(self.images, idx, axis=0, out=buf)
             return out

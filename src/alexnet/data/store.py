@@ -6,6 +6,10 @@ A store is a folder:
     <split>/images.npy       uint8 (N, S, S, 3) RGB, a plain .npy opened as a read-only memory map
     <split>/labels.npy       int64 (N,): index into manifest["classes"] (sorted class ids)
 
+or, in a JPEG store (manifest "encoding": "jpeg"), instead of images.npy:
+    <split>/images.jpeg      the same images re-encoded as JPEG, back to back (data/jpeg.py)
+    <split>/offsets.npy      int64 (N + 1,): where each image starts and ends
+
 open_store is cheap: it reads the manifest, checks every file's size against it and maps the images
 without reading them. verify() also recomputes each split's checksum.
 
@@ -13,7 +17,8 @@ Checksum ("blake2b:<hex>", 128-bit BLAKE2b): covers the size of images.npy, its 
 64 KiB spread evenly from the first byte (the .npy header) to the last (the whole file when it is under
 4 MiB), and every byte of labels.npy. It catches truncation, a replaced or rewritten file, a changed
 header or label; a change confined to unsampled bytes of a large file goes unnoticed (the price of
-checking 250 GB in milliseconds).
+checking 250 GB in milliseconds). In a JPEG store images.jpeg is sampled the same way and offsets.npy is
+read whole.
 """
 
 from __future__ import annotations
@@ -34,14 +39,16 @@ from alexnet.errors import UserError
 FORMAT = "alexnet-store/1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
+ENCODINGS = ("raw", "jpeg")
 _BLOCKS, _BLOCK = 64, 64 * 1024
 
 
 @dataclass
 class Split:
-    """One split: images (read-only memmap, uint8 N x S x S x 3) and labels (int64 N)."""
+    """One split: images (read-only memmap, uint8 N x S x S x 3, or JpegImages indexed alike) and labels
+    (int64 N)."""
 
-    images: np.ndarray
+    images: Any
     labels: np.ndarray
 
     def __len__(self) -> int:
@@ -55,6 +62,7 @@ class Store:
         self.root = root
         self.manifest = manifest
         self.size: int = int(manifest["size"])
+        self.encoding: str = manifest.get("encoding", "raw")
         self.classes: list[str] = list(manifest["classes"])
         self.class_names: list[str] = list(manifest["class_names"])
         pca = manifest["pca"]
@@ -78,26 +86,25 @@ class Store:
     def verify(self) -> None:
         """Recompute every split's checksum; UserError naming the first file that changed."""
         for name, info in self.manifest["splits"].items():
-            images, labels = self.root / name / "images.npy", self.root / name / "labels.npy"
+            images, *others = split_files(self.root / name, self.encoding)
             _check_size(images, int(info["images_bytes"]))
-            if checksum(images, labels) != info["checksum"]:
+            if checksum(images, *others) != info["checksum"]:
                 raise UserError(
-                    f"{images} or {labels} changed since the store was prepared (checksum mismatch): "
-                    "prepare the store again"
+                    f"{images} or {' or '.join(str(p) for p in others)} changed since the store was prepared "
+                    "(checksum mismatch): prepare the store again"
                 )
 
     def _open_split(self, name: str) -> Split:
         info = self.manifest["splits"][name]
         count = int(info["count"])
-        images_path = self.root / name / "images.npy"
+        images_path, *_ = split_files(self.root / name, self.encoding)
         _check_size(images_path, int(info["images_bytes"]))
-        try:
-            images = np.load(images_path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{images_path} is not a readable .npy ({exc}): prepare the store again") from None
-        if images.shape != (count, self.size, self.size, 3) or images.dtype != np.uint8:
-            raise UserError(f"{images_path} holds {images.dtype} {images.shape}, the manifest says "
-                            f"uint8 ({count}, {self.size}, {self.size}, 3): prepare the store again")
+        if self.encoding == "jpeg":
+            from alexnet.data.jpeg import JpegImages
+
+            images = JpegImages(images_path, self.root / name / "offsets.npy", count, self.size)
+        else:
+            images = _open_raw(images_path, count, self.size)
         labels_path = self.root / name / "labels.npy"
         labels = _load_array(labels_path, (count,))
         # labels index the class list: whole numbers in range (a float label would be truncated, -1 would
@@ -114,6 +121,24 @@ class Store:
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {len(s)}" for n, s in self._splits.items())
         return f"Store({str(self.root)!r}, {self.size}x{self.size}, {len(self.classes)} classes, {counts})"
+
+
+def split_files(folder: Path, encoding: str) -> list[Path]:
+    """The files of one split that its checksum covers: the images first, then labels (and offsets)."""
+    if encoding == "jpeg":
+        return [folder / "images.jpeg", folder / "labels.npy", folder / "offsets.npy"]
+    return [folder / "images.npy", folder / "labels.npy"]
+
+
+def _open_raw(images_path: Path, count: int, size: int) -> np.ndarray:
+    try:
+        images = np.load(images_path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{images_path} is not a readable .npy ({exc}): prepare the store again") from None
+    if images.shape != (count, size, size, 3) or images.dtype != np.uint8:
+        raise UserError(f"{images_path} holds {images.dtype} {images.shape}, the manifest says "
+                        f"uint8 ({count}, {size}, {size}, 3): prepare the store again")
+    return images
 
 
 def is_store(path: str | Path) -> bool:
@@ -168,6 +193,8 @@ def check_manifest(manifest: dict, where: Path) -> None:
     for key in ("size", "classes", "class_names", "pca", "splits"):
         if key not in manifest:
             raise UserError(f"{where} lacks '{key}': prepare the store again")
+    if manifest.get("encoding", "raw") not in ENCODINGS:
+        raise bad("encoding", f"one of {', '.join(ENCODINGS)}")
     if not whole(manifest["size"]) or not 1 <= manifest["size"] <= 4096:
         raise bad("size", "a whole number of pixels from 1 to 4096")
     classes, names = manifest["classes"], manifest["class_names"]
@@ -193,11 +220,13 @@ def check_manifest(manifest: dict, where: Path) -> None:
             raise bad(f"splits.{name}", "a count, a byte size and a checksum")
 
 
-def checksum(images_path: Path, labels_path: Path) -> str:
-    """The store's fingerprint of one split (see the module docstring for what it covers)."""
+def checksum(images_path: Path, *whole_files: Path) -> str:
+    """The store's fingerprint of one split (see the module docstring for what it covers): the images file
+    sampled, the labels (and a JPEG store's offsets) read whole."""
     digest = hashlib.blake2b(digest_size=16)
     add_sampled(digest, Path(images_path))
-    digest.update(Path(labels_path).read_bytes())
+    for path in whole_files:
+        digest.update(Path(path).read_bytes())
     return "blake2b:" + digest.hexdigest()
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from alexnet.data.classnames import class_names
-from alexnet.data.store import FORMAT, MANIFEST, SPLITS, Store, checksum, open_store
+from alexnet.data.store import ENCODINGS, FORMAT, MANIFEST, SPLITS, Store, checksum, open_store, split_files
 from alexnet.errors import UserError
 from alexnet.files import atomic_path, atomic_write, fsync_dir
 from alexnet.prepare.imagestats import colour_pca
@@ -32,7 +32,10 @@ def summary_line(store: Store, seconds: float | None = None) -> str:
     parts = []
     for name, info in store.manifest["splits"].items():
         parts.append(f"{name} {info['count']} images ({len(info['skipped'])} skipped)")
-    line = f"prepared {store.root}: {', '.join(parts)}; {store.size}x{store.size}, {len(store.classes)} classes"
+    stored = sum(int(info["images_bytes"]) for info in store.manifest["splits"].values())
+    encoding = (f"JPEG quality {store.manifest['jpeg_quality']}" if store.encoding == "jpeg" else "raw pixels")
+    line = (f"prepared {store.root}: {', '.join(parts)}; {store.size}x{store.size}, {len(store.classes)} classes; "
+            f"{encoding}, {stored / 2**20:.1f} MiB of images")
     if seconds is not None:
         total = sum(int(info["count"]) for info in store.manifest["splits"].values())
         line += f"; {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} images/s)"
@@ -67,9 +70,13 @@ def finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
             first = min(holes)
             raise UserError(f"no usable image in the {split} split of {source.path}: every file was skipped "
                             f"(first: {one_line(items[first].name)}: {holes[first]})")
-        order = _row_order(len(items), sorted(holes))
-        images_path = partial / split / "images.npy"
-        _compact(images_path, order, kept)
+        if plan.encoding == "jpeg":  # the chunks' files, back to back, skipped images left out
+            order = [i for i in range(len(items)) if i not in holes]
+            images_path = _concatenate_chunks(plan, partial, split)
+        else:
+            order = _row_order(len(items), sorted(holes))
+            images_path = partial / split / "images.npy"
+            _compact(images_path, order, kept)
         labels = np.array([items[i].label for i in order], dtype=np.int64)
         write_npy(partial / split / "labels.npy", labels)
         skipped = [{"file": n, "reason": r} for n, r in source.splits[split].skipped]
@@ -79,7 +86,7 @@ def finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
             "per_class": np.bincount(labels, minlength=len(source.classes)).tolist(),
             "skipped": skipped,
             "images_bytes": os.path.getsize(images_path),
-            "checksum": checksum(images_path, partial / split / "labels.npy"),
+            "checksum": checksum(*split_files(partial / split, plan.encoding)),
         }
         if split == "train":
             train_count = kept
@@ -92,6 +99,8 @@ def finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
         source_info["val"] = {"path": source.val_origin[0], "layout": source.val_origin[1]}
     manifest = {
         "format": FORMAT,
+        "encoding": plan.encoding,
+        **({"jpeg_quality": plan.quality} if plan.encoding == "jpeg" else {}),
         "size": plan.size,
         "classes": list(source.classes),
         "class_names": class_names(list(source.classes), source.words),
@@ -103,6 +112,29 @@ def finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
                          "(antialiased bilinear), centre size x size crop, uint8 RGB",
     }
     atomic_write(partial / "finished.json", json.dumps(manifest).encode())
+
+
+def chunk_path(partial: Path, split: str, index: int) -> Path:
+    """A JPEG store's chunk: PARTIAL/<split>/chunk-N.jpeg (and chunk-N.offsets.npy beside it)."""
+    return partial / split / f"chunk-{index}.jpeg"
+
+
+def _concatenate_chunks(plan: _Plan, partial: Path, split: str) -> Path:
+    """PARTIAL/<split>/images.jpeg and offsets.npy from the split's chunk files, in order; the chunk files
+    stay until the store is installed, so this can be repeated after a crash."""
+    out = partial / split / "images.jpeg"
+    offsets = [0]
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        for chunk in (c for c in plan.chunks if c.split == split):
+            path = chunk_path(partial, split, chunk.index)
+            bounds = np.load(path.with_suffix(".offsets.npy"), allow_pickle=False)
+            data = path.read_bytes()
+            for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                if stop > start:  # an empty entry is a skipped image
+                    f.write(data[start:stop])
+                    offsets.append(offsets[-1] + stop - start)
+    write_npy(partial / split / "offsets.npy", np.array(offsets, dtype=np.int64))
+    return out
 
 
 def _row_order(count: int, holes: list[int]) -> list[int]:
@@ -156,10 +188,15 @@ def install(out: Path, partial: Path, progress: bool, started: float) -> Store:
     for stale in SPLITS:
         if stale not in manifest["splits"] and (out / stale).exists():
             shutil.rmtree(out / stale)
+    encoding = manifest.get("encoding", "raw")
     moves = [(partial / "mean.npy", out / "mean.npy")]
     for split in manifest["splits"]:
         (out / split).mkdir(exist_ok=True)
-        moves += [(partial / split / n, out / split / n) for n in ("images.npy", "labels.npy")]
+        moves += [(path, out / split / path.name) for path in split_files(partial / split, encoding)]
+        for other in ENCODINGS:  # a replaced store of the other encoding: its image files go
+            for stale in split_files(out / split, other):
+                if stale.name not in ("labels.npy", *(p.name for p in split_files(out / split, encoding))):
+                    stale.unlink(missing_ok=True)
     for src, dst in moves:
         if src.exists():  # absent: moved by an earlier, interrupted install
             os.replace(src, dst)

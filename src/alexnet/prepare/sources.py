@@ -20,6 +20,7 @@ Class index = position of the class id in the sorted list of class ids (for Imag
 
 from __future__ import annotations
 
+import functools
 import os
 import tarfile
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from alexnet.data.classnames import CIFAR10_CLASSES
+from alexnet.data.store import Store, is_store, open_store
 from alexnet.errors import UserError
 from alexnet.prepare import cifar
 from alexnet.prepare.decode import MAX_IMAGE_FILE_BYTES, SkipImage, decode_image, read_bytes, resize_center_crop
@@ -43,7 +45,9 @@ class Item(NamedTuple):
 
     name: str  # relative to the source; what the manifest and messages call it
     label: int  # class index
-    kind: str  # "file": path | "tar": bytes [offset, offset+size) of path | "cifar": row offset of a batch
+    # "file": path | "tar": bytes [offset, offset+size) of path | "cifar": row offset of a batch | "store": row
+    # offset of split `member` of the store at path
+    kind: str
     path: str
     offset: int = 0
     size: int = 0
@@ -66,10 +70,13 @@ class Source:
     splits: dict[str, Listing]
     words: dict[str, str] = field(default_factory=dict)  # wnid -> WordNet words, when a devkit was read
     val_origin: tuple[str, str] | None = None  # (path, layout) of a separate validation source
+    native_size: int = 0  # a store's image side (a conversion keeps it)
 
     @property
     def default_size(self) -> int:
-        """32 for CIFAR-10 (its native size), 256 (the paper's) for everything else."""
+        """A store's own size; 32 for CIFAR-10 (its native size), 256 (the paper's) for everything else."""
+        if self.native_size:
+            return self.native_size
         is_cifar = self.layout.startswith("cifar10") or tuple(self.classes) == CIFAR10_CLASSES
         return 32 if is_cifar else 256
 
@@ -92,6 +99,8 @@ def item_pixels(item: Item, size: int) -> np.ndarray:
     if item.kind == "cifar":
         images, _ = cifar.load_batch(item.path, item.member)
         return resize_center_crop(images[item.offset], size)
+    if item.kind == "store":
+        return resize_center_crop(_opened_store(item.path).split(item.member).images[item.offset], size)
     raise ValueError(f"unknown item kind {item.kind!r}")
 
 
@@ -108,7 +117,9 @@ def find_source(src: str | Path, labels: Labels | None = None, words: dict[str, 
     path = Path(src).expanduser()
     if not path.exists():
         raise UserError(f"{src} does not exist: give a folder of images, an archive, a store, or 'cifar10'")
-    if path.is_dir():
+    if path.is_dir() and is_store(path):
+        source = _store_source(path)
+    elif path.is_dir():
         source = _folder_source(path, labels)
     elif path.is_file():
         source = _archive_source(path, labels)
@@ -117,6 +128,28 @@ def find_source(src: str | Path, labels: Labels | None = None, words: dict[str, 
     if words:
         source.words = words
     return source
+
+
+# ---------------------------------------------------------------------------------------------- stores
+
+
+@functools.lru_cache(maxsize=4)
+def _opened_store(path: str) -> Store:
+    """A store being converted, opened once per process (each decoding worker opens its own)."""
+    return open_store(path)
+
+
+def _store_source(path: Path) -> Source:
+    """A prepared store as a source: converting it (to the other encoding, or another size) needs no original
+    images. Its rows keep their order; its classes and names are the store's."""
+    store = open_store(path)
+    store.verify()
+    root = str(path.resolve())
+    splits = {name: Listing([Item(f"{name}/{i}", int(label), "store", root, i, member=name)
+                             for i, label in enumerate(store.split(name).labels.tolist())])
+              for name in store.manifest["splits"]}
+    return Source(root, f"store-{store.encoding}", list(store.classes), splits,
+                  words=dict(zip(store.classes, store.class_names)), native_size=store.size)
 
 
 # ---------------------------------------------------------------------------------------------- folders

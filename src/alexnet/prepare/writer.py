@@ -45,12 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.data.store import FORMAT, SPLITS, Store, is_store
+from alexnet.data import jpeg
+from alexnet.data.jpeg import DEFAULT_QUALITY
+from alexnet.data.store import ENCODINGS, FORMAT, SPLITS, Store, is_store
 from alexnet.errors import UserError
 from alexnet.files import atomic_path, atomic_write, try_lock
 from alexnet.prepare import ilsvrc
 from alexnet.prepare.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
-from alexnet.prepare.finish import finish, install, one_line
+from alexnet.prepare.finish import chunk_path, finish, install, one_line, write_npy
 from alexnet.prepare.imagestats import add_image
 from alexnet.prepare.sources import Item, Source, find_source, item_pixels, merge_validation, split_off_validation
 from alexnet.runtime import usable_cores
@@ -60,20 +62,35 @@ LOCK = ".partial.lock"
 CHUNK_ENV = "ALEXNET_PREPARE_CHUNK"
 SAVE_ENV = "ALEXNET_PREPARE_SAVE_SECONDS"
 _CHUNK_BYTES = 64 * 2**20  # images per chunk = about 64 MB of output: big enough to amortise, small to redo
+# encoding "auto" keeps raw pixels up to this size (they then fit in the memory of most machines that train on
+# them, and decoding costs nothing); larger sets are stored as JPEG, about a ninth of the size (ImageNet: 252 GB
+# raw against about 27 GB)
+AUTO_RAW_BYTES = 16 * 2**30
+
+
+def choose_encoding(encoding: str, images: int, size: int) -> str:
+    if encoding == "auto":
+        return "raw" if images * size * size * 3 <= AUTO_RAW_BYTES else "jpeg"
+    if encoding not in ENCODINGS:
+        raise UserError(f"--format must be one of auto, {', '.join(ENCODINGS)}, not {encoding!r}")
+    return encoding
 
 
 def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: int | None = None,
             strict: bool = False, val_fraction: float = 0.0, progress: bool = True, seed: int = 0, *,
             labels: str | Path | None = None, devkit: str | Path | None = None,
             synsets: str | Path | None = None, val: str | Path | None = None, overwrite: bool = False,
-            chunk_size: int | None = None, cache_dir: Path | None = None) -> Store:
+            chunk_size: int | None = None, cache_dir: Path | None = None, encoding: str = "auto",
+            quality: int = DEFAULT_QUALITY) -> Store:
     """Prepare the images at src into a store at out and return it opened.
 
     size: side S of the stored images (None: 32 for CIFAR-10, 256 otherwise). workers: decoding
     processes (None: all cores). strict: any skipped file is an error. val_fraction: share of each class
     moved to a "val" split (single-split sources). labels/devkit: labels of flat validation sets;
     synsets/devkit: class names; val: a separate source for the "val" split. chunk_size: images per
-    resumable unit (default: about 64 MB of output, or $ALEXNET_PREPARE_CHUNK).
+    resumable unit (default: about 64 MB of output, or $ALEXNET_PREPARE_CHUNK). encoding: "raw" (uint8
+    pixels), "jpeg" (each stored image re-encoded at `quality`, data/jpeg.py) or "auto": raw while the raw
+    images would take at most AUTO_RAW_BYTES, else jpeg. The source may be a store: converted to `encoding`.
     """
     started = time.monotonic()
     out = Path(out).expanduser().absolute()
@@ -88,9 +105,13 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
     workers = usable_cores() if workers is None else int(workers)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
-    chunk = _chunk_size(chunk_size, size, sum(len(s.items) for s in source.splits.values()))
+    total = sum(len(s.items) for s in source.splits.values())
+    encoding = choose_encoding(encoding, total, size)
+    if not 1 <= quality <= 100:
+        raise UserError(f"--quality must be between 1 and 100, not {quality}")
+    chunk = _chunk_size(chunk_size, size, total)
     _check_out_location(out, source)
-    plan = _Plan(source, size, chunk, seed, val_fraction)
+    plan = _Plan(source, size, chunk, seed, val_fraction, encoding, quality)
     partial = out / PARTIAL
     with _exclusive(out):
         if _finished_partial(partial, plan):  # a previous run decided everything; only installing was left
@@ -182,8 +203,10 @@ class _Chunk:
 class _Plan:
     """What will be written: items per split, chunks, and a fingerprint that a resumed run must match."""
 
-    def __init__(self, source: Source, size: int, chunk: int, seed: int, val_fraction: float) -> None:
+    def __init__(self, source: Source, size: int, chunk: int, seed: int, val_fraction: float, encoding: str,
+                 quality: int) -> None:
         self.source, self.size, self.chunk = source, size, chunk
+        self.encoding, self.quality = encoding, quality
         self.splits = [s for s in SPLITS if s in source.splits]
         self.items: dict[str, list[Item]] = {s: source.splits[s].items for s in self.splits}
         for split in self.splits:
@@ -197,6 +220,8 @@ class _Plan:
         digest = hashlib.sha256()
         header = [FORMAT, size, chunk, seed, val_fraction, source.path, source.layout, source.classes,
                   source.val_origin]
+        if encoding != "raw":
+            header += [encoding, quality]
         digest.update(json.dumps(header).encode())
         for split in self.splits:
             digest.update(f"|{split}|".encode())
@@ -257,6 +282,8 @@ def _open_partial(partial: Path, plan: _Plan, progress: bool) -> None:
     partial.mkdir(parents=True)
     for split in plan.splits:
         (partial / split).mkdir()
+        if plan.encoding == "jpeg":
+            continue  # each chunk writes files of its own (chunk_path)
         shape = (len(plan.items[split]), plan.size, plan.size, 3)
         images = np.lib.format.open_memmap(partial / split / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
         del images  # a sparse file: rows are written by the workers
@@ -330,8 +357,11 @@ def _process_chunk_in_worker(task: tuple) -> tuple[int, str]:
 
 
 def _process_chunk(task: tuple) -> tuple:
-    """Decode one chunk into its rows of images.npy; return its sums and skipped files."""
-    index, start, items, images_path, size, with_stats = task
+    """Decode one chunk into its rows of images.npy (raw) or into its own JPEG file (quality > 0); return its
+    sums and skipped files."""
+    index, start, items, images_path, size, with_stats, quality = task
+    if quality:
+        return _process_jpeg_chunk(task)
     row_bytes = size * size * 3
     data_offset = _data_offset(Path(images_path))
     # 255 * images fits uint32 for any sane chunk; half the memory traffic of int64
@@ -363,6 +393,41 @@ def _process_chunk(task: tuple) -> tuple:
     np.add(sum_image, block, out=sum_image, casting="unsafe")
     gram = np.triu(gram) + np.triu(gram, 1).T
     return index, skipped, sum_image.astype(np.int64) if with_stats else None, gram
+
+
+def _process_jpeg_chunk(task: tuple) -> tuple:
+    """Decode one chunk's images, encode each as JPEG into the chunk's own file, with its offsets (a skipped
+    image is an empty entry); the sums are of the pixels the JPEG decodes to: what the store will give."""
+    index, start, items, images_path, size, with_stats, quality = task
+    sum_image = np.zeros((size, size, 3), dtype=np.int64)
+    gram = np.zeros((3, 3), dtype=np.int64)
+    decoded = np.empty((size, size, 3), dtype=np.uint8)
+    block, in_block = np.zeros((size, size, 3), dtype=np.uint16), 0
+    skipped, parts, offsets = [], [], [0]
+    for offset, item in enumerate(items):
+        try:
+            encoded = jpeg.encode(item_pixels(item, size), quality)
+        except SkipImage as exc:
+            skipped.append((start + offset, str(exc)))
+            offsets.append(offsets[-1])
+            continue
+        parts.append(encoded)
+        offsets.append(offsets[-1] + len(encoded))
+        if with_stats:
+            jpeg.decode_into(encoded, decoded)
+            add_image(decoded, block, gram)
+            in_block += 1
+            if in_block == 257:
+                np.add(sum_image, block, out=sum_image, casting="unsafe")
+                block[...], in_block = 0, 0
+    np.add(sum_image, block, out=sum_image, casting="unsafe")
+    path = Path(images_path)
+    write_npy(path.with_suffix(".offsets.npy"), np.array(offsets, dtype=np.int64))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # last: its presence says the chunk is whole
+        for encoded in parts:
+            f.write(encoded)
+    gram = np.triu(gram) + np.triu(gram, 1).T
+    return index, skipped, sum_image if with_stats else None, gram
 
 
 def _result_path(images_path: str, index: int) -> Path:
@@ -407,8 +472,10 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
     import torch  # imported before forking, so that workers start warm
     from tqdm import tqdm
 
-    tasks = ((c.index, c.start, plan.items[c.split][c.start:c.stop], str(partial / c.split / "images.npy"),
-              plan.size, c.split == "train") for c in pending)
+    jpeg_chunks = plan.encoding == "jpeg"
+    tasks = ((c.index, c.start, plan.items[c.split][c.start:c.stop],
+              str(chunk_path(partial, c.split, c.index) if jpeg_chunks else partial / c.split / "images.npy"),
+              plan.size, c.split == "train", plan.quality if jpeg_chunks else 0) for c in pending)
     chunks = {c.index: c for c in plan.chunks}
     save_every = float(os.environ.get(SAVE_ENV, "2"))
     bar = tqdm(total=total, initial=done_images, unit="img", desc="prepare", smoothing=0.1,
@@ -416,7 +483,8 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
     workers = min(workers, len(pending))
     last_save = time.monotonic()
 
-    image_files = [partial / split / "images.npy" for split in plan.splits]
+    # a JPEG chunk's file is fsynced by its worker (files.atomic_path) before the chunk is reported done
+    image_files = [] if jpeg_chunks else [partial / split / "images.npy" for split in plan.splits]
     (partial / "results").mkdir(exist_ok=True)
 
     def write_state(snapshot: _State) -> None:
