@@ -1,6 +1,6 @@
 """`make bench`: every benchmark side by side in one run, results in benchmarks/out/bench.json and bench.md.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--only step,data,train,memory,lrn,prepare] [--compile]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only step,data,train,memory,lrn,prepare,jpeg] [--compile]
 
 Each benchmark runs in its own process (so peak memory figures are its own) and writes its table; this
 script collects them with the machine, torch version, date and command, and prints how long each took.
@@ -33,6 +33,7 @@ TITLES = {
     "memory": "Loader memory against store size",
     "lrn": "Local response normalization alone (benchmarks/bench_lrn.py)",
     "prepare": "Preparing a store (benchmarks/bench_prepare.py)",
+    "jpeg": "JPEG stores: size, CPU decode + augmentation per core, cost against length (benchmarks/bench_jpeg.py)",
 }
 
 
@@ -49,6 +50,8 @@ def commands(quick: bool, cuda: bool, compile_too: bool) -> dict[str, list[str]]
         "memory": ["bench_memory.py", *q, "--json", str(OUT / "memory.json")],
         "lrn": ["bench_lrn.py", *(q or ["--repeats", "3"])],
         "prepare": ["bench_prepare.py", *(["--copies", "1", "--repeats", "1"] if quick else ["--repeats", "3"])],
+        "jpeg": ["bench_jpeg.py", *(["--batches", "3", "--repeats", "1"] if quick else []),
+                 "--json", str(OUT / "jpeg.json")],
     }
     if cuda:
         out["step-large"] = ["bench_step.py", *device, "--batch", "1024", "--presets", "paper,one-tower", *step,
