@@ -126,3 +126,25 @@ def test_compiled_step_matches_eager(shapes_store, tmp_path):
     compiled = make_run(shapes_store, CUDA, tmp_path, **{"train.compile": True})
     start = weights(eager)
     assert_same_updates(start, steps(compiled, 3), steps(eager, 3))
+
+
+@pytest.mark.parametrize("gpu_decode", [False, True])
+def test_a_jpeg_stores_batches_on_the_gpu_are_its_decoded_images(shapes_folder, tmp_path, gpu_decode):
+    # CPU threads decode with libjpeg-turbo, bit for bit the CPU loader's batches; nvJPEG's inverse DCT may
+    # round differently, so its pixels are held to within a level or two of libjpeg-turbo's on average
+    from alexnet.prepare.writer import prepare
+
+    store = open_store(prepare(shapes_folder, tmp_path / "jpeg", size=36, workers=1, progress=False,
+                               encoding="jpeg").root)
+    split = store.split("train")
+    want = batches(BatchLoader(split.images, split.labels, 16, CPU), True)
+    gpu = BatchLoader(split.images, split.labels, 16, CUDA, decode_on_device=gpu_decode)
+    got = [(b.images, b.labels, b.index) for b in gpu.train_epoch(2, 1)]
+    assert len(got) == len(want)
+    for (images, labels, index), (w_images, w_labels, w_index) in zip(got, want):
+        assert images.is_cuda and images.shape == w_images.shape and images.dtype == torch.uint8
+        assert torch.equal(labels.cpu(), w_labels) and torch.equal(index.cpu(), w_index)
+        if gpu_decode:
+            assert (images.cpu().float() - w_images.float()).abs().mean() < 1.0
+        else:
+            assert torch.equal(images.cpu(), w_images)

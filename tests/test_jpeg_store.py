@@ -144,3 +144,13 @@ def test_damaged_jpeg_stores_are_refused_with_one_line(jpeg_store, tmp_path):
     np.save(bad_index / "train" / "offsets.npy", offsets)
     with pytest.raises(UserError, match="does not index"):
         open_store(bad_index)
+
+
+def test_gpu_decoding_asked_without_a_gpu_or_of_a_raw_store_is_one_line(jpeg_store, shapes_store, tmp_path):
+    split = open_store(jpeg_store).split("train")
+    with pytest.raises(UserError, match="train.gpu_decode"):
+        BatchLoader(split.images, split.labels, 16, torch.device("cpu"), decode_on_device=True)
+    done = run_cli("train", "--preset", "demo", "--data", str(shapes_store), "--out", str(tmp_path / "run"),
+                   "--device", "cpu", "train.gpu_decode=true", "train.epochs=1")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "train.gpu_decode" in done.stderr

@@ -123,6 +123,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive skipped steps before stopping anyway
     prefetch: int = 2  # batches prepared ahead by the loader thread
     store_on_device: bool = False  # hold the uint8 store in device memory (when it fits)
+    gpu_decode: bool = False  # a JPEG store's batches decoded on the GPU (nvJPEG), not on CPU threads
     max_steps: int = 0  # stop after this many steps in total (0: no limit); for smoke runs
     limit_train: int = 0  # use only the first N training images (0: all)
     limit_val: int = 0  # validate on the first N images only (0: all)

@@ -412,7 +412,8 @@ def _loaders(cfg: Config, store: Any, ctx: DistContext, device: torch.device) ->
     t, batch = cfg.train, cfg.optim.batch_size
     train = store.split("train")
     train_loader = BatchLoader(train.images, train.labels, batch, device, rank=ctx.rank, world_size=ctx.world_size,
-                               prefetch=t.prefetch, limit=t.limit_train, on_device=t.store_on_device)
+                               prefetch=t.prefetch, limit=t.limit_train, on_device=t.store_on_device,
+                               decode_on_device=t.gpu_decode)
     if train_loader.steps_per_epoch() < 1:
         raise UserError(f"the training split has {train_loader.n} images, fewer than one batch of {batch}: "
                         "lower optim.batch_size")
@@ -420,7 +421,8 @@ def _loaders(cfg: Config, store: Any, ctx: DistContext, device: torch.device) ->
         return train_loader, None
     val = store.split("val")
     return train_loader, BatchLoader(val.images, val.labels, batch, device, rank=ctx.rank,
-                                     world_size=ctx.world_size, prefetch=t.prefetch, limit=t.limit_val)
+                                     world_size=ctx.world_size, prefetch=t.prefetch, limit=t.limit_val,
+                                     decode_on_device=t.gpu_decode)
 
 
 def _resume(run: Run, resume: str) -> None:

@@ -10,7 +10,10 @@ Speed and memory. A background thread prepares the next `prefetch` batches while
   buffer (pinned memory for a GPU). Unlike reading through the memory map, this maps nothing into the
   process, so its resident memory is a few batches whatever the store's size (docs/PERFORMANCE.md);
 - on a GPU the copy to the device runs on a side CUDA stream and the consumer's stream waits on an event,
-  so transfer overlaps compute; with the store resident in device memory the gather runs there too.
+  so transfer overlaps compute; with the store resident in device memory the gather runs there too;
+- a JPEG store's images are decoded on torch's CPU threads into that buffer, or with decode_on_device the
+  compressed bytes go to the GPU and nvJPEG decodes the batch there (torchvision.io.decode_jpeg), so a
+  machine with few cores still feeds a fast GPU.
 """
 
 from __future__ import annotations
@@ -66,12 +69,20 @@ def _resident_copy(images: np.ndarray, n: int, device: torch.device) -> Tensor:
     return out
 
 
+def _decode_on_device(encoded: list[Tensor], device: torch.device) -> Tensor:
+    """nvJPEG's batched decode of JPEG bytes (CPU uint8 tensors) -> uint8 (B, S, S, 3) on `device`."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    return torch.stack(decoded).permute(0, 2, 3, 1).contiguous()
+
+
 class BatchLoader:
     """Reads batches of a split (images memmap + labels) for one rank."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
                  *, rank: int = 0, world_size: int = 1, prefetch: int = 2, limit: int = 0,
-                 on_device: bool = False) -> None:
+                 on_device: bool = False, decode_on_device: bool = False) -> None:
         if batch_size % world_size:
             raise UserError(f"batch size {batch_size} does not split evenly over {world_size} processes: "
                             "choose a multiple of the process count")
@@ -88,6 +99,11 @@ class BatchLoader:
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.resident: Tensor | None = None
+        if decode_on_device and not (self.cuda and hasattr(images, "encoded")):
+            raise UserError("train.gpu_decode decodes a JPEG store's batches on a CUDA device: "
+                            + ("this store holds raw pixels (nothing to decode)" if self.cuda else
+                               "this run is not on one") + "; set train.gpu_decode=false")
+        self.decode_on_device = decode_on_device
         if on_device:  # the whole store in device memory: batches are gathered there
             self.resident = _resident_copy(images, self.n, device)
         self.labels_t = torch.from_numpy(self.labels[: self.n].copy())
@@ -133,10 +149,16 @@ class BatchLoader:
             images = self.resident[idx] if self.resident is not None else self.read_images(idx.numpy())
             return Batch(images, self.labels_t[idx], idx, step)
         meta = torch.stack([self.labels_t[idx], idx]).pin_memory()
-        images = None if self.resident is not None else self.read_images(idx.numpy())
+        encoded = None
+        if self.decode_on_device and self.resident is None:
+            # copies of the bytes (a view of the read-only map cannot become a tensor)
+            encoded = [torch.from_numpy(np.array(self.images.encoded(i))) for i in idx.tolist()]
+        images = None if self.resident is not None or encoded is not None else self.read_images(idx.numpy())
         with torch.cuda.stream(self.copy_stream):
             meta = meta.to(self.device, non_blocking=True)
-            if images is None:
+            if encoded is not None:
+                images = _decode_on_device(encoded, self.device)
+            elif images is None:
                 images = self.resident[meta[1]]
             else:
                 images = images.to(self.device, non_blocking=True)
