@@ -148,3 +148,27 @@ def test_a_jpeg_stores_batches_on_the_gpu_are_its_decoded_images(shapes_folder, 
             assert (images.cpu().float() - w_images.float()).abs().mean() < 1.0
         else:
             assert torch.equal(images.cpu(), w_images)
+
+
+def test_the_host_waits_for_the_gpu_only_at_log_steps(shapes_store, tmp_path):
+    # torch's sync debug mode warns at every operation that makes the host wait for the GPU. With logging
+    # out of reach (log_every 10**6) a run of 4 steps and one of 11 steps wait equally often (the loader's
+    # start and the epoch's end), so no step waits; with log_every 2 the longer run waits at more log steps.
+    import warnings
+
+    def syncs(n, log_every):
+        run = make_run(shapes_store, CUDA, tmp_path / f"{n}-{log_every}", **{"train.log_every": log_every})
+        run.cfg.train.max_steps = n
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_one_epoch(run, 0)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing" in str(w.message) for w in caught)
+
+    quiet_short, quiet_long = syncs(4, 10**6), syncs(11, 10**6)
+    assert quiet_short == quiet_long
+    assert syncs(11, 2) > quiet_long
