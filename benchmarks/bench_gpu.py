@@ -1,7 +1,7 @@
 """The whole training pipeline on one GPU: store -> loader -> augmentation -> paper net -> PaperSGD.
 
     python benchmarks/bench_gpu.py [--images 20480] [--batches 128,1024] [--steps 40] [--no-compile]
-                                   [--variants] [--json benchmarks/out/gpu.json]
+                                   [--variants] [--jpeg] [--json benchmarks/out/gpu.json]
 
 The store is the ImageNet photos' store of bench_data.py (256 x 256, 224 crops) tiled to --images rows, so
 an epoch is many batches long (the content does not change the speed). Each case builds a `Run` exactly as
@@ -16,6 +16,10 @@ Cases: the store in pinned host memory (copied batch by batch) or resident in GP
 6 x 0.724 G = 4.35 GFLOP per training image (forward multiply-adds, x2 for FLOPs, x3 for forward and the
 two backward products), against the card's dense bf16 peak and against a bf16 8192^3 matrix product
 measured in the same run.
+
+--jpeg adds the same store as a JPEG store (prepare --format jpeg, quality 90), eager, batches decoded by the
+CPU threads (libjpeg-turbo) and by nvJPEG on the GPU (train.gpu_decode): can the cores, or the GPU's decoder,
+feed the step.
 
 --variants instead times the paper model alone on a synthetic batch (bf16, channels_last) with its LRN
 layers computed by the fused Triton kernels, by the eager passes, and without LRN, with grouped or
@@ -87,7 +91,19 @@ def tiled_store(src: Path, dst: Path, images: int) -> Path:
     return dst
 
 
-def pipeline(store: Path, batch: int, compiled: bool, resident: bool, steps: int, device: torch.device) -> dict:
+def jpeg_store(raw: Path) -> Path:
+    """The tiled store converted to JPEG (once): `alexnet prepare RAW --out ... --format jpeg`."""
+    from alexnet.data.store import is_store
+    from alexnet.prepare.writer import prepare
+
+    out = raw.with_name(raw.name + "-jpeg")
+    if not is_store(out):
+        prepare(raw, out, progress=False, encoding="jpeg")
+    return out
+
+
+def pipeline(store: Path, batch: int, compiled: bool, resident: bool, steps: int, device: torch.device,
+             **extra: object) -> dict:
     """images/s of train.train_one_epoch, and of the same model re-stepping one augmented batch."""
     import gc
 
@@ -95,7 +111,7 @@ def pipeline(store: Path, batch: int, compiled: bool, resident: bool, steps: int
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     overrides = {"optim.batch_size": batch, "train.compile": compiled, "train.store_on_device": resident,
-                 "train.log_every": 10**9}
+                 "train.log_every": 10**9, **extra}
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run("paper", str(store), device, overrides, Path(tmp))
         start = time.perf_counter()
@@ -184,6 +200,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="timed steps per case")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--variants", action="store_true", help="the model alone with and without LRN (see above)")
+    ap.add_argument("--jpeg", action="store_true", help="also a JPEG store, decoded by CPU threads and by nvJPEG")
     ap.add_argument("--json", default=str(OUT / "gpu.json"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -217,6 +234,14 @@ def main() -> None:
                              f"{100 * share / peak:.1f}%" if peak else "-", f"{100 * share / measured:.1f}%",
                              f"{r['peak_gpu_gb']:.1f}", f"{r['warmup_s']:.0f}"])
                 print(" | ".join(str(c) for c in rows[-1]), flush=True)
+        for gpu_decode in ((False, True) if args.jpeg else ()):
+            r = pipeline(jpeg_store(store), batch, False, False, args.steps, device, **{"train.gpu_decode": gpu_decode})
+            results.append({**r, "jpeg": True, "gpu_decode": gpu_decode})
+            rows.append([batch, "eager", "JPEG, " + ("nvJPEG on the GPU" if gpu_decode else "CPU threads"),
+                         f"{r['pipeline_images_s']:,.0f}", f"{r['model_images_s']:,.0f}",
+                         f"{r['pipeline_images_s'] / r['model_images_s']:.2f}", "-", "-", f"{r['peak_gpu_gb']:.1f}",
+                         f"{r['warmup_s']:.0f}"])
+            print(" | ".join(str(c) for c in rows[-1]), flush=True)
         for compiled in compile_modes:
             rate = torchvision_rate(batch, compiled, args.steps, device)
             results.append({"batch": batch, "compiled": compiled, "torchvision_images_s": rate})
