@@ -87,8 +87,9 @@ def torchvision_pil(folder: Path, store_path: Path, batches: int, batch: int) ->
 
 
 def torchvision_io(folder: Path, store_path: Path, batches: int, batch: int) -> float:
-    """torchvision.io.decode_jpeg (libjpeg-turbo) and transforms.v2 on uint8 tensors, then the same
-    float steps: torchvision's fastest per-image CPU path."""
+    """torchvision.io.decode_jpeg (libjpeg-turbo) and transforms.v2 on uint8 tensors, cropping and flipping
+    before anything turns to float (only the 224 x 224 view is converted, with its window of the mean image):
+    torchvision's fastest per-image CPU path."""
     from torchvision.datasets import ImageFolder
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
     from torchvision.transforms import v2
@@ -99,14 +100,16 @@ def torchvision_io(folder: Path, store_path: Path, batches: int, batch: int) -> 
     mean = torch.from_numpy(store.mean).permute(2, 0, 1).contiguous()
     vectors, values = torch.from_numpy(store.pca_eigenvectors), torch.from_numpy(store.pca_eigenvalues)
     geometry = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(256)])
-    crop = v2.Compose([v2.RandomCrop(224), v2.RandomHorizontalFlip()])
     paths = [p for p, _ in ImageFolder(str(folder)).samples]
     rng = np.random.default_rng(0)
 
     def view(path: str) -> torch.Tensor:
         image = geometry(decode_jpeg(read_file(path), mode=ImageReadMode.RGB))
-        x = image.float() - mean
-        return crop(x + (vectors @ (torch.randn(3) * 0.1 * values.sqrt()))[:, None, None])
+        top, left = (int(v) for v in torch.randint(0, 256 - 224 + 1, (2,)))
+        x = image[:, top:top + 224, left:left + 224].float() - mean[:, top:top + 224, left:left + 224]
+        if torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x + (vectors @ (torch.randn(3) * 0.1 * values.sqrt()))[:, None, None]
 
     view(paths[0])  # warm
     start = time.perf_counter()
@@ -149,7 +152,7 @@ def generated_raw_store(out: Path, count: int) -> Path:
 
 
 LENGTH_PROBE = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from alexnet.data.loader import BatchLoader

@@ -49,7 +49,7 @@ class JpegImages:
         self.path, self.size = path, size
         self.shape = (count, size, size, 3)
         try:
-            offsets = np.load(offsets_path, allow_pickle=False)
+            offsets = np.load(offsets_path, mmap_mode="r")  # the header first: a huge file is not read
         except (OSError, ValueError) as exc:
             raise UserError(f"{offsets_path} is missing or damaged ({type(exc).__name__}): prepare the store "
                             "again") from None
@@ -58,7 +58,7 @@ class JpegImages:
                 or (count and offsets[-1] != file_bytes) or np.any(np.diff(offsets) <= 0)):
             raise UserError(f"{offsets_path} does not index {path} ({count} images, {file_bytes} bytes): prepare "
                             "the store again")
-        self.offsets = offsets
+        self.offsets = np.array(offsets)
         self.data = np.memmap(path, dtype=np.uint8, mode="r") if file_bytes else np.zeros(0, np.uint8)
 
     def __len__(self) -> int:

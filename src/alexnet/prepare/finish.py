@@ -193,9 +193,10 @@ def install(out: Path, partial: Path, progress: bool, started: float) -> Store:
     for split in manifest["splits"]:
         (out / split).mkdir(exist_ok=True)
         moves += [(path, out / split / path.name) for path in split_files(partial / split, encoding)]
+        wanted = {path.name for path in split_files(out / split, encoding)}
         for other in ENCODINGS:  # a replaced store of the other encoding: its image files go
             for stale in split_files(out / split, other):
-                if stale.name not in ("labels.npy", *(p.name for p in split_files(out / split, encoding))):
+                if stale.name not in wanted:
                     stale.unlink(missing_ok=True)
     for src, dst in moves:
         if src.exists():  # absent: moved by an earlier, interrupted install

@@ -356,6 +356,33 @@ def _process_chunk_in_worker(task: tuple) -> tuple[int, str]:
     return index, str(result)
 
 
+class _ChunkSums:
+    """A chunk's exact integer sums of its stored images: per position (the mean image) and the 3 x 3 sum of
+    x x^T over pixels (the colour PCA)."""
+
+    def __init__(self, size: int, images: int) -> None:
+        # 255 * images fits uint32 for any sane chunk; half the memory traffic of int64
+        self.sum_image = np.zeros((size, size, 3), dtype=np.uint32 if 255 * images < 2**32 else np.int64)
+        # ...and 255 * 257 fits uint16: per-position sums build up in a uint16 block flushed every 257 images,
+        # a quarter of the traffic of adding each image into the uint32 sums.
+        self.block, self.in_block = np.zeros((size, size, 3), dtype=np.uint16), 0
+        self.gram = np.zeros((3, 3), dtype=np.int64)
+
+    def add(self, image: np.ndarray) -> None:
+        add_image(image, self.block, self.gram)
+        self.in_block += 1
+        if self.in_block == 257:
+            self._flush()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._flush()
+        return self.sum_image.astype(np.int64), np.triu(self.gram) + np.triu(self.gram, 1).T
+
+    def _flush(self) -> None:
+        np.add(self.sum_image, self.block, out=self.sum_image, casting="unsafe")
+        self.block[...], self.in_block = 0, 0
+
+
 def _process_chunk(task: tuple) -> tuple:
     """Decode one chunk into its rows of images.npy (raw) or into its own JPEG file (quality > 0); return its
     sums and skipped files."""
@@ -364,12 +391,7 @@ def _process_chunk(task: tuple) -> tuple:
         return _process_jpeg_chunk(task)
     row_bytes = size * size * 3
     data_offset = _data_offset(Path(images_path))
-    # 255 * images fits uint32 for any sane chunk; half the memory traffic of int64
-    sum_image = np.zeros((size, size, 3), dtype=np.uint32 if 255 * len(items) < 2**32 else np.int64)
-    # ...and 255 * 257 fits uint16: per-position sums build up in a uint16 block flushed every 257 images,
-    # a quarter of the traffic of adding each image into the uint32 sums.
-    block, in_block = np.zeros((size, size, 3), dtype=np.uint16), 0
-    gram = np.zeros((3, 3), dtype=np.int64)
+    sums = _ChunkSums(size, len(items)) if with_stats else None
     row = np.empty((size, size, 3), dtype=np.uint8)  # the image as stored, contiguous
     skipped = []
     with open(images_path, "r+b") as f:
@@ -384,25 +406,17 @@ def _process_chunk(task: tuple) -> tuple:
             # 4 KiB of a sparse file, about 3x cheaper. No fsync here: the parent fsyncs the file before
             # it records the chunk as done.
             _write_fully(f.fileno(), row, data_offset + (start + offset) * row_bytes)
-            if with_stats:  # from the stored row: exactly what the store will hold
-                add_image(row, block, gram)
-                in_block += 1
-                if in_block == 257:
-                    np.add(sum_image, block, out=sum_image, casting="unsafe")
-                    block[...], in_block = 0, 0
-    np.add(sum_image, block, out=sum_image, casting="unsafe")
-    gram = np.triu(gram) + np.triu(gram, 1).T
-    return index, skipped, sum_image.astype(np.int64) if with_stats else None, gram
+            if sums is not None:  # from the stored row: exactly what the store will hold
+                sums.add(row)
+    return (index, skipped, *(sums.result() if sums is not None else (None, np.zeros((3, 3), np.int64))))
 
 
 def _process_jpeg_chunk(task: tuple) -> tuple:
     """Decode one chunk's images, encode each as JPEG into the chunk's own file, with its offsets (a skipped
     image is an empty entry); the sums are of the pixels the JPEG decodes to: what the store will give."""
     index, start, items, images_path, size, with_stats, quality = task
-    sum_image = np.zeros((size, size, 3), dtype=np.int64)
-    gram = np.zeros((3, 3), dtype=np.int64)
+    sums = _ChunkSums(size, len(items)) if with_stats else None
     decoded = np.empty((size, size, 3), dtype=np.uint8)
-    block, in_block = np.zeros((size, size, 3), dtype=np.uint16), 0
     skipped, parts, offsets = [], [], [0]
     for offset, item in enumerate(items):
         try:
@@ -413,21 +427,15 @@ def _process_jpeg_chunk(task: tuple) -> tuple:
             continue
         parts.append(encoded)
         offsets.append(offsets[-1] + len(encoded))
-        if with_stats:
+        if sums is not None:
             jpeg.decode_into(encoded, decoded)
-            add_image(decoded, block, gram)
-            in_block += 1
-            if in_block == 257:
-                np.add(sum_image, block, out=sum_image, casting="unsafe")
-                block[...], in_block = 0, 0
-    np.add(sum_image, block, out=sum_image, casting="unsafe")
+            sums.add(decoded)
     path = Path(images_path)
     write_npy(path.with_suffix(".offsets.npy"), np.array(offsets, dtype=np.int64))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # last: its presence says the chunk is whole
         for encoded in parts:
             f.write(encoded)
-    gram = np.triu(gram) + np.triu(gram, 1).T
-    return index, skipped, sum_image if with_stats else None, gram
+    return (index, skipped, *(sums.result() if sums is not None else (None, np.zeros((3, 3), np.int64))))
 
 
 def _result_path(images_path: str, index: int) -> Path:
