@@ -41,3 +41,34 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env=env)
+
+
+def run_cli_on_terminal(*args: str, timeout: float = 300) -> tuple[int, str, str]:
+    """The real command line with its stderr on a pseudo-terminal, as a user at a shell sees it: (exit status,
+    stdout, what the terminal showed)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    # a terminal of 24 rows and 120 columns: a new pty has 0 x 0, on which tqdm draws nothing
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", COLUMNS="120")
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "alexnet", *args], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=slave, env=env)
+        os.close(slave)
+        shown = bytearray()
+        while True:  # until the last holder of the terminal exits (EIO on Linux, or an empty read)
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(master)
+        status = proc.wait(timeout)
+        out.seek(0)
+        return status, out.read().decode(), shown.decode(errors="replace")

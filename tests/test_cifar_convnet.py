@@ -203,3 +203,18 @@ def test_paper_schedule_holds_out_then_folds_in_from_phase1_weights(store32, tmp
     # phase 2 starts where phase 1 ended, not from a fresh init: its first loss is below phase 1's first
     assert f_epochs[0]["train_loss"] < p1_epochs[0]["train_loss"]
     assert len(data["lrn"]["errors"]) == 1
+
+
+def test_lrn_cifar_shows_each_run_and_the_multiview_test_on_a_terminal(store32, tmp_path):
+    from conftest import run_cli_on_terminal
+
+    args = ["reproduce", "lrn-cifar", "--data", str(store32), "--seeds", "1", "--only", "lrn", "train.epochs=1",
+            "optim.milestones=[]", "optim.batch_size=32", "train.threads=1"]
+    status, stdout, shown = run_cli_on_terminal(*args, "--out", str(tmp_path / "a"))
+    assert status == 0, shown
+    assert "epoch 1/1" in shown and "validation (ten crops)" in shown  # the run's steps, then the ten views
+    status, stdout, quiet = run_cli_on_terminal(*args, "--out", str(tmp_path / "b"), "--no-progress")
+    assert status == 0, quiet
+    assert "epoch 1/1" not in quiet and "validation" not in quiet
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["lrn"]["errors"] == \
+        json.loads((tmp_path / "a" / "results.json").read_text())["lrn"]["errors"]  # bars change no figure

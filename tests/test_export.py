@@ -170,3 +170,17 @@ def test_import_torchvision_refuses_what_is_not_a_state_dict(tmp_path):
     r = run_cli("import-torchvision", str(bad), "-o", str(tmp_path / "out.pt"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_export_shows_its_stages_on_a_terminal_and_not_with_no_progress(checkpoint, tmp_path):
+    from conftest import run_cli_on_terminal
+
+    status, stdout, shown = run_cli_on_terminal("export", str(checkpoint), "--format", "export",
+                                                "-o", str(tmp_path / "a.pt2"))
+    assert status == 0 and (tmp_path / "a.pt2").is_file(), shown
+    assert "a.pt2: " in shown and "/3 [" in shown and "checking: the exported program" in shown
+    assert "Instead got" not in shown  # torch.export warned about the temporary name once
+    status, stdout, shown = run_cli_on_terminal("export", str(checkpoint), "--format", "export",
+                                                "-o", str(tmp_path / "b.pt2"), "--no-progress")
+    assert status == 0 and (tmp_path / "b.pt2").is_file()
+    assert "/3 [" not in shown and "checking:" not in shown

@@ -85,3 +85,38 @@ def test_milestones_and_state_round_trip():
     s2 = Schedule(cfg, cfg.lr)
     s2.load_state_dict(s.state_dict())
     assert s2.state_dict() == s.state_dict()
+
+
+def test_linear_schedule_warms_up_then_falls_to_zero_at_the_last_step():
+    cfg = OptimConfig(lr=0.1, schedule="linear", warmup_epochs=1)
+    s = Schedule(cfg, cfg.lr, epochs=5)
+    # warm-up: lr x t / 1 for t < 1; then lr x (1 - (t - 1) / (5 - 1)), written out per point
+    points = {0.5: 0.05, 1.0: 0.1, 2.0: 0.075, 3.0: 0.05, 4.5: 0.0125, 5.0: 0.0}
+    for t, want in points.items():
+        assert abs(s.lr_at(t) - want) < 1e-12, t
+    for e in range(5):  # epoch ends change nothing: the rate is a function of progress alone
+        assert not s.step(e, 10.0)
+    assert abs(s.lr_at(3.0) - 0.05) < 1e-12 and s.lr == 0.1
+
+
+def test_label_smoothing_is_the_mixture_of_the_target_and_the_uniform_loss(shapes_store, tmp_path):
+    """One training step's loss against -(1 - e) log p_y - e/K sum_k log p_k of the step's own logits."""
+    from alexnet.config import build_config
+    from alexnet.data.store import open_store
+    from alexnet.parallel.ddp import DistContext
+    from alexnet.train import adapt_to_store, set_up, train_step
+
+    eps = 0.2
+    cfg = build_config("demo", overrides={"optim.label_smoothing": eps, "optim.batch_size": 16, "data.crop": 32,
+                                          "model.widths": [8, 8, 8, 8, 8], "model.fc": [16, 16]})
+    store = open_store(shapes_store)
+    adapt_to_store(cfg, store)
+    run = set_up(cfg, store, tmp_path / "run", DistContext(device=torch.device("cpu")), progress=False)
+    batch = next(iter(run.train_loader.train_epoch(cfg.train.seed, 0, 0)))
+    loss, logits, _ = train_step(run, batch, 0, cfg.optim.lr)
+    logp = torch.log_softmax(logits.detach().double(), dim=1)
+    k = logp.shape[1]
+    want = (-(1 - eps) * logp.gather(1, batch.labels[:, None]).squeeze(1) - eps / k * logp.sum(1)).mean()
+    assert abs(loss.item() - float(want)) < 1e-5
+    plain = -logp.gather(1, batch.labels[:, None]).mean()
+    assert abs(loss.item() - float(plain)) > 1e-3  # the smoothing changed the loss

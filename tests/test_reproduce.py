@@ -261,3 +261,23 @@ def test_a_run_stops_where_an_earlier_rate_reached_the_target(store32, tmp_path)
     opts = dataclasses.replace(opts, target=0.5, max_epochs=2)
     reproduce_figure1(open_store(store32), tmp_path / "b", opts, say=lambda line: None)
     assert [len(epoch_records(tmp_path / "b" / f"relu-lr{lr:g}")) for lr in (1e-9, 0.001)] == [2, 2]
+
+
+def test_reproductions_show_progress_on_a_terminal_and_not_with_no_progress(store32, tmp_path):
+    from conftest import run_cli_on_terminal
+
+    abl = ["reproduce", "ablations", "--data", str(store32), "--seeds", "1", "--epochs", "1", "--only", "all",
+           *CIFAR_TINY]
+    status, _, shown = run_cli_on_terminal(*abl, "--out", str(tmp_path / "a1"))
+    assert status == 0, shown
+    assert "epoch 1/1" in shown and "/8 [" in shown  # the run's bar over its 128 / 16 = 8 steps
+    status, _, quiet = run_cli_on_terminal(*abl, "--out", str(tmp_path / "a2"), "--no-progress")
+    assert status == 0 and "epoch 1/1" not in quiet and "/8 [" not in quiet
+    # several runs at once in worker processes: one bar over the runs, none from the workers
+    fig = ["reproduce", "figure1", "--data", str(store32), "--max-epochs", "1", "--sweep", "0.001,0.01",
+           "--max-extend", "0", "--jobs", "2", *FIGURE1_TINY]
+    status, _, shown = run_cli_on_terminal(*fig, "--out", str(tmp_path / "f1"))
+    assert status == 0, shown
+    assert "figure1 runs" in shown and "/4 [" in shown and "epoch 1/1" not in shown
+    status, _, quiet = run_cli_on_terminal(*fig, "--out", str(tmp_path / "f2"), "--no-progress")
+    assert status == 0 and "figure1 runs" not in quiet

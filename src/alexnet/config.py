@@ -88,7 +88,9 @@ class OptimConfig:
     bias_decay: bool = False  # authors' code: no weight decay on biases
     bias_lr_mult: float = 1.0  # authors' code used 2; the paper says equal rates
     rule: Literal["paper", "torch"] = "paper"  # paper: v = m v - wd lr w - lr g; w += v | torch: torch.optim.SGD's rule
-    schedule: Literal["plateau", "milestones", "constant"] = "plateau"  # plateau: /10 when val error stalls
+    # plateau: /10 when val error stalls | milestones | constant | linear: from lr (after any warm-up) down to 0
+    # at the last step of train.epochs, step by step (not in the paper; short budgets)
+    schedule: Literal["plateau", "milestones", "constant", "linear"] = "plateau"
     patience: int = 3  # epochs without improvement before a drop
     drops: int = 3  # the paper divided the rate by 10 three times, then stopped
     factor: float = 0.1  # what the rate is multiplied by at each drop
@@ -98,6 +100,9 @@ class OptimConfig:
     # none: lr as given | linear: lr x batch_size / 128, the paper's batch (large-batch mode, Goyal et al. 2017;
     # pair it with warmup_epochs, e.g. 5)
     lr_scaling: Literal["none", "linear"] = "none"
+    # share of the target's probability spread evenly over all classes (0: the paper's plain cross-entropy;
+    # Szegedy et al. 2016; not in the paper)
+    label_smoothing: float = 0.0
     # weight decay per weighted layer (conv/local layers, then FC layers, in order), as cuda-convnet's `wc`;
     # [] for weight_decay on every layer
     layer_weight_decay: list[float] = field(default_factory=list)
@@ -401,6 +406,7 @@ def validate(cfg: Config) -> None:
         (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (o.patience >= 1 and o.drops >= 0, "optim.patience must be >= 1 and optim.drops >= 0"),
         (0.0 < o.factor < 1.0, "optim.factor must be in (0, 1)"),
+        (0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing must be in [0, 1)"),
         (t.epochs > 0, "train.epochs must be positive"),
         (t.log_every > 0, "train.log_every must be positive"),
         (t.keep_last >= 1, "train.keep_last must be at least 1"),

@@ -116,7 +116,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class Schedule:
-    """The learning rate per epoch: plateau (paper), milestones, or constant.
+    """The learning rate per epoch: plateau (paper), milestones, constant, or linear decay to 0.
 
     plateau: divide by 1/factor when the validation error has not improved by more than min_improvement
     for `patience` epochs; at most `drops` times; when it stalls again after the last drop, stop.
@@ -124,8 +124,9 @@ class Schedule:
     (exactly reduced) errors, and a resumed run continues identically from the state_dict.
     """
 
-    def __init__(self, cfg: OptimConfig, base_lr: float) -> None:
+    def __init__(self, cfg: OptimConfig, base_lr: float, epochs: int = 0) -> None:
         self.cfg = cfg
+        self.epochs = epochs  # the run's length: where the linear schedule reaches 0
         self.base_lr = base_lr
         self.lr = base_lr
         self.best = math.inf
@@ -135,10 +136,13 @@ class Schedule:
         self.history: list[dict[str, float]] = []
 
     def lr_at(self, epoch_progress: float) -> float:
-        """The rate to use at a (fractional) epoch; only warm-up depends on progress inside an epoch."""
+        """The rate to use at a (fractional) epoch; warm-up and the linear schedule follow progress inside an
+        epoch, the others change only between epochs."""
         w = self.cfg.warmup_epochs
         if w > 0 and epoch_progress < w:
             return self.lr * (epoch_progress + 1e-12) / w
+        if self.cfg.schedule == "linear" and self.epochs > w:
+            return self.lr * max(0.0, 1.0 - (epoch_progress - w) / (self.epochs - w))
         return self.lr
 
     def step(self, epoch: int, val_error: float) -> bool:

@@ -128,8 +128,8 @@ def set_up(cfg: Config, store: Any, run_dir: Path, ctx: DistContext, progress: b
                               torch.from_numpy(store.pca_eigenvalues), cfg.data.normalize, device)
     train_loader, val_loader = _loaders(cfg, store, ctx, device)
     return Run(cfg, store, ctx, device, model, net, build_optimizer(model, cfg.optim, scale),
-               Schedule(cfg.optim, cfg.optim.lr * scale), stats, precision_context(cfg, device), train_loader,
-               val_loader, CheckpointManager(run_dir, cfg.train.keep_last), RunLog(run_dir, ctx.is_main),
+               Schedule(cfg.optim, cfg.optim.lr * scale, cfg.train.epochs), stats, precision_context(cfg, device),
+               train_loader, val_loader, CheckpointManager(run_dir, cfg.train.keep_last), RunLog(run_dir, ctx.is_main),
                progress and ctx.is_main and sys.stderr.isatty())
 
 
@@ -235,7 +235,7 @@ def train_step(run: Run, batch: Batch, epoch: int, lr: float) -> tuple[torch.Ten
         x = x.contiguous()
     with run.autocast:
         logits = run.net(x)
-    loss = F.cross_entropy(logits.float(), batch.labels)
+    loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=cfg.optim.label_smoothing)
     if faults.nan_at_step(st.global_step + 1):  # steps counted from 1, as in metrics.jsonl
         loss = loss * math.nan
     run.optimizer.zero_grad(set_to_none=True)

@@ -29,10 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output file (default: the checkpoint's name with .safetensors, .onnx, .pt2 or "
                         ".torchscript.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar over the export and its check (none either off a terminal)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from alexnet.files import check_output
     from alexnet.tools.export import FORMATS, export_onnx, export_program, export_safetensors, export_torchscript
     from alexnet.tools.inference import load_model
@@ -40,20 +44,21 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out or args.checkpoint.with_name(args.checkpoint.stem + FORMATS[args.format])
     check_output(out, "-o", args.overwrite, [args.checkpoint])
     model, cfg, info = load_model(args.checkpoint, "cpu")
+    progress = not args.no_progress and sys.stderr.isatty()
     if args.format == "safetensors":
         export_safetensors(model, cfg, info, out)
         print(f"wrote {out} (weights, input statistics; config and classes in the metadata)")
     elif args.format == "onnx":
-        agreement = export_onnx(model, cfg, info, out, args.onnx_exporter)
+        agreement = export_onnx(model, cfg, info, out, args.onnx_exporter, progress)
         print(f"onnxruntime vs PyTorch on random crops: {agreement.describe()}")
         print(f"wrote {out} (input 'crops': uint8 N x {cfg.data.crop} x {cfg.data.crop} x 3; output 'logits')")
     elif args.format == "export":
-        agreement = export_program(model, cfg, info, out)
+        agreement = export_program(model, cfg, info, out, progress)
         print(f"torch.export program vs eager on random crops: {agreement.describe()}")
         print(f"wrote {out} (torch.export.load(path).module(): input uint8 N x {cfg.data.crop} x {cfg.data.crop} "
               "x 3; output logits)")
     else:
-        agreement = export_torchscript(model, cfg, info, out)
+        agreement = export_torchscript(model, cfg, info, out, progress)
         print(f"TorchScript vs eager on random crops: {agreement.describe()}")
         print(f"wrote {out} (input uint8 N x {cfg.data.crop} x {cfg.data.crop} x 3; output logits)")
     return 0

@@ -12,6 +12,13 @@ def _data_and_out(p: argparse.ArgumentParser, out: str, data_help: str) -> None:
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--cache", type=Path, help=CACHE_HELP)
     p.add_argument("--out", type=Path, default=Path(out), help=f"output folder (default {out})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none either off a terminal)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    import sys
+
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,13 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lc.set_defaults(func=run_lrn_cifar)
 
 
-def _store(data: str, cache: Path | None, preset: str, overrides: dict):
+def _store(data: str, cache: Path | None, preset: str, overrides: dict, progress: bool):
     from alexnet.config import build_config
     from alexnet.files import default_cache_dir
     from alexnet.prepare.resolve import resolve_data
 
     cfg = build_config(preset, None, overrides)  # bad keys are reported before any work
-    return resolve_data(data, cache or default_cache_dir(), cfg.data.image_size)
+    return resolve_data(data, cache or default_cache_dir(), cfg.data.image_size, progress=progress)
 
 
 def run_figure1(args: argparse.Namespace) -> int:
@@ -117,10 +124,10 @@ def run_figure1(args: argparse.Namespace) -> int:
     if not 0 < args.target < 100:
         raise UserError("--target is a training error in percent: give a number between 0 and 100")
     overrides = parse_assignments(args.overrides)
-    store = _store(args.data, args.cache, "figure1", overrides)
+    store = _store(args.data, args.cache, "figure1", overrides, _progress(args))
     opts = Figure1Options(target=args.target, max_epochs=args.max_epochs, rates=tuple(sorted(set(rates))),
                           setting=args.setting, lr_drop=args.lr_drop, max_extend=args.max_extend, jobs=args.jobs,
-                          seed=args.seed, overrides=overrides,
+                          seed=args.seed, overrides=overrides, progress=_progress(args),
                           activations=(args.only,) if args.only else ("relu", "tanh"))
     try:
         reproduce_figure1(store, args.out, opts)
@@ -140,9 +147,10 @@ def run_lrn_cifar(args: argparse.Namespace) -> int:
     if args.seed is not None and not 0 <= args.seed < args.seeds:
         raise UserError(f"--seed {args.seed} is outside the seeds 0..{args.seeds - 1}: raise --seeds or lower --seed")
     overrides = parse_assignments(args.overrides)
-    store = _store(args.data, args.cache, PRESET, overrides)
+    store = _store(args.data, args.cache, PRESET, overrides, _progress(args))
     try:
-        text, _ = reproduce_lrn_cifar(store, args.out, args.seeds, args.schedule, overrides, args.seed, args.only)
+        text, _ = reproduce_lrn_cifar(store, args.out, args.seeds, args.schedule, overrides, args.seed, args.only,
+                                      progress=_progress(args))
     except Stopped as stop:
         return stop.status
     print()
@@ -171,10 +179,10 @@ def run_ablations(args: argparse.Namespace) -> int:
                             f"{', '.join(sorted(names))}")
         variants = tuple(v for v in VARIANTS if v.name in wanted)
     overrides = parse_assignments(args.overrides)
-    store = _store(args.data, args.cache, PRESET, overrides)
+    store = _store(args.data, args.cache, PRESET, overrides, _progress(args))
     try:
         text = reproduce_ablations(store, args.out, args.seeds, args.epochs, overrides, variants, args.train_images,
-                                   only_seed=args.seed)
+                                   only_seed=args.seed, progress=_progress(args))
     except Stopped as stop:
         return stop.status
     print()

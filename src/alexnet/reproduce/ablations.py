@@ -76,7 +76,7 @@ def run_dir_for(out: Path, variant: Variant, epochs: int, seed: int, overrides: 
 
 
 def run_variant(store: Any, variant: Variant, seed: int, epochs: int | None, overrides: dict[str, Any],
-                out: Path, say=print) -> tuple[float, float]:
+                out: Path, say=print, progress: bool = False) -> tuple[float, float]:
     """Train one (variant, seed) unless its run is finished; its last-epoch (top-1, top-5) validation error."""
     cfg = variant_config(variant, seed, epochs, overrides)
     run_dir = run_dir_for(out, variant, cfg.train.epochs, seed, overrides, len(store.split("train")))
@@ -85,7 +85,7 @@ def run_variant(store: Any, variant: Variant, seed: int, epochs: int | None, ove
         say(f"skipped {variant.name} seed {seed}: finished ({run_dir})")
     else:
         say(f"training {variant.name} seed {seed} ({variant.removed} removed) in {run_dir}")
-        fit(cfg, store, run_dir)
+        fit(cfg, store, run_dir, progress=progress)
         records = finished_epochs(run_dir)
     last = records[cfg.train.epochs - 1]
     return last["val_top1_error"], last["val_top5_error"]
@@ -115,7 +115,7 @@ def table(results: list[Result]) -> str:
 
 def reproduce_ablations(store: Any, out: Path, seeds: int, epochs: int | None, overrides: dict[str, Any],
                         variants: tuple[Variant, ...] = VARIANTS, train_images: int = 0, say=print,
-                        only_seed: int | None = None) -> str:
+                        only_seed: int | None = None, progress: bool = False) -> str:
     """Every variant for seeds 0..seeds-1 (or `only_seed` alone), on all training images or a fixed random
     `train_images` of them (the same for every run); writes and returns OUT/ablations.md."""
     n_train = len(store.split("train"))
@@ -127,7 +127,7 @@ def reproduce_ablations(store: Any, out: Path, seeds: int, epochs: int | None, o
     for variant in variants:
         top1, top5 = [], []
         for seed in range(seeds) if only_seed is None else (only_seed,):
-            e1, e5 = run_variant(store, variant, seed, epochs, overrides, out, say)
+            e1, e5 = run_variant(store, variant, seed, epochs, overrides, out, say, progress)
             top1.append(e1)
             top5.append(e5)
         results.append(Result(variant, top1, top5))

@@ -71,14 +71,16 @@ def finished_epochs(run_dir: Path) -> list[dict[str, Any]]:
     return read_metrics(run_dir) if (Path(run_dir) / "metrics.jsonl").is_file() else []
 
 
-def fit(cfg: Config, store: Any, run_dir: Path, before: Callable[[Run], None] | None = None) -> Run:
+def fit(cfg: Config, store: Any, run_dir: Path, before: Callable[[Run], None] | None = None,
+        progress: bool = False) -> Run:
     """Train (or continue: --resume auto semantics) one run in this process; Stopped on a signal.
 
     before: called with the run once it is set up, before it resumes and trains (a reproduction's changes:
     hooks, a starting point).
+    progress: the run's step and validation bars on stderr (shown only on a terminal, as in `alexnet train`).
     """
     adapt_to_store(cfg, store)
-    run = set_up(cfg, store, run_dir, DistContext(device=pick_device(cfg.train.device)), False)
+    run = set_up(cfg, store, run_dir, DistContext(device=pick_device(cfg.train.device)), progress)
     if before is not None:
         before(run)
     status = train.fit(run, "auto")

@@ -31,11 +31,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from alexnet.config import Config, build_config
 from alexnet.errors import UserError
@@ -66,6 +68,7 @@ class Figure1Options:
     seed: int = 0
     activations: tuple[str, ...] = ACTIVATIONS  # both for the ratio; one alone to run it in its own process
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys on top of the figure1 preset
+    progress: bool = False  # bars on stderr: each run's steps (one job), or the runs finished (several jobs)
 
 
 @dataclass
@@ -135,7 +138,7 @@ def train_to_target(store: Any, activation: str, lr: float, out: Path, opts: Fig
         view = StoreView(store, {"train": store.split("train")})  # no val split: nothing but training is timed
         try:
             fit(_config(activation, lr, cap or opts.max_epochs, opts), view, run_dir,
-                _stop_at_target(opts.target))
+                _stop_at_target(opts.target), opts.progress and opts.jobs <= 1)
         except UserError as exc:
             if "non-finite" not in str(exc):
                 raise
@@ -205,6 +208,11 @@ def _run_all(store: Any, pairs: list[tuple[str, float]], out: Path, opts: Figure
         return curves
     with ProcessPoolExecutor(min(opts.jobs, len(pairs)), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_train_in_process, str(store.root), a, lr, out, opts) for a, lr in pairs]
+        # the workers draw no bars of their own (they would overwrite each other): one bar counts the runs
+        with tqdm(total=len(futures), desc="figure1 runs", unit="run", disable=not opts.progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for _ in as_completed(futures):
+                bar.update()
         return [f.result() for f in futures]
 
 

@@ -63,7 +63,7 @@ def net_config(net: str, seed: int, overrides: dict[str, Any]) -> Config:
                                        "train.eval_ten_crop": False})
 
 
-def multiview_error(run_dir: Path, store: Any) -> float:
+def multiview_error(run_dir: Path, store: Any, progress: bool = False) -> float:
     """Top-1 error (%) of RUN/last.pt on the store's validation split over the ten views, as cuda-convnet's
     --multiview-test: softmax outputs of the 4 corner and centre crops and their mirrors averaged."""
     from alexnet.data.loader import BatchLoader
@@ -75,7 +75,8 @@ def multiview_error(run_dir: Path, store: Any) -> float:
     model, cfg, info = load_model(run_dir / "last.pt", device)
     val = store.split("val")
     loader = BatchLoader(val.images, val.labels, 256, device)
-    result = evaluate([model], loader, cfg.data, [info.stats(cfg, device)], True, precision_context(cfg, device))
+    result = evaluate([model], loader, cfg.data, [info.stats(cfg, device)], True, precision_context(cfg, device),
+                      progress=progress)
     return result["top1_error"]
 
 
@@ -84,14 +85,14 @@ def _wall_time(run_dir: Path) -> float:
 
 
 def _train(cfg: Config, store: Any, run_dir: Path, say, before: Callable[[Run], None] | None = None,
-           ) -> list[dict[str, Any]]:
+           progress: bool = False) -> list[dict[str, Any]]:
     records = finished_epochs(run_dir)
     done = records and (len(records) >= cfg.train.epochs or _schedule_stopped(run_dir))
     if done:
         say(f"skipped {run_dir.name}: finished")
         return records
     say(f"training {run_dir}")
-    fit(cfg, store, run_dir, before)
+    fit(cfg, store, run_dir, before, progress)
     return finished_epochs(run_dir)
 
 
@@ -130,25 +131,26 @@ def start_from(checkpoint: Path) -> Callable[[Run], None]:
     return set_up
 
 
-def run_paper_schedule(store: Any, cfg: Config, run_dir: Path, sched: PaperSchedule, say) -> list[dict[str, Any]]:
+def run_paper_schedule(store: Any, cfg: Config, run_dir: Path, sched: PaperSchedule, say,
+                       progress: bool = False) -> list[dict[str, Any]]:
     """Phases 1-3 above; the records of the final run (phases 2-3)."""
     phase1 = copy.deepcopy(cfg)
     phase1.optim.schedule, phase1.optim.patience, phase1.optim.drops = "plateau", sched.patience, 0
     phase1.train.epochs = sched.max_phase1_epochs
     phase1.train.eval_ten_crop = False  # the stop rule looks at the centre crop: cheaper, and enough to see a plateau
-    _train(phase1, holdout_view(store, sched.holdout_fraction), run_dir / "phase1", say)
+    _train(phase1, holdout_view(store, sched.holdout_fraction), run_dir / "phase1", say, progress=progress)
 
     final = copy.deepcopy(cfg)
     final.optim.schedule = "milestones"
     first, second = sched.low_rate_epochs
     final.optim.milestones = [sched.fold_epochs, sched.fold_epochs + first]
     final.train.epochs = sched.fold_epochs + first + second
-    return _train(final, store, run_dir / "final", say, start_from(run_dir / "phase1" / "last.pt"))
+    return _train(final, store, run_dir / "final", say, start_from(run_dir / "phase1" / "last.pt"), progress)
 
 
 def reproduce_lrn_cifar(store: Any, out: Path, seeds: int, schedule: str, overrides: dict[str, Any],
                         only_seed: int | None = None, only_net: str | None = None, say=print,
-                        paper: PaperSchedule = PaperSchedule()) -> tuple[str, dict[str, Any]]:
+                        paper: PaperSchedule = PaperSchedule(), progress: bool = False) -> tuple[str, dict[str, Any]]:
     """Train both nets for every seed (or the one asked for); write OUT/lrn-cifar.md and OUT/results.json."""
     if not store.has_split("val"):
         raise UserError("the store has no validation split: prepare CIFAR-10 with its test (or val) split")
@@ -159,14 +161,14 @@ def reproduce_lrn_cifar(store: Any, out: Path, seeds: int, schedule: str, overri
             cfg = net_config(net, seed, overrides)
             run_dir = out / f"{schedule}-{net}-seed{seed}"
             if schedule == "paper":
-                run_paper_schedule(store, cfg, run_dir, paper, say)
+                run_paper_schedule(store, cfg, run_dir, paper, say, progress)
                 seconds = _wall_time(run_dir / "phase1") + _wall_time(run_dir / "final")
                 final_dir = run_dir / "final"
             else:
-                _train(cfg, store, run_dir, say)
+                _train(cfg, store, run_dir, say, progress=progress)
                 seconds = _wall_time(run_dir)
                 final_dir = run_dir
-            results[net].errors.append(multiview_error(final_dir, store))
+            results[net].errors.append(multiview_error(final_dir, store, progress))
             results[net].seconds.append(seconds)
     data = {net: {"errors": r.errors, "mean": r.mean if r.errors else None, "seconds": r.seconds}
             for net, r in results.items()}

@@ -112,16 +112,26 @@ class CropClassifier(nn.Module):
 
 
 def _write_checked(out: Path, cfg: Config, reference: nn.Module, write: Callable[[str], None],
-                   run_saved: Callable[[str, Tensor], np.ndarray], what: str) -> Agreement:
+                   run_saved: Callable[[str, Tensor], np.ndarray], what: str, progress: bool = False) -> Agreement:
     """write(tmp); then the file, loaded back and run by run_saved(tmp, crops) on another batch size than the
     export's (the batch axis is free), must agree with the eager reference; then it is renamed over `out`.
-    A failed export or check leaves no file and `out` unchanged."""
-    with atomic_path(out) as tmp:
+    A failed export or check leaves no file and `out` unchanged. progress: a bar over the three stages (the
+    export of the paper net takes tens of seconds)."""
+    from tqdm import tqdm
+
+    with atomic_path(out) as tmp, tqdm(total=3, desc=f"{out.name}", unit="stage", disable=not progress,
+                                       dynamic_ncols=True, leave=False) as bar:
+        bar.set_postfix_str("exporting")
         write(str(tmp))
+        bar.update()
+        bar.set_postfix_str(f"checking: {what}")
         crops = random_crops(cfg, 3, seed=1)
         got = run_saved(str(tmp), crops)
+        bar.update()
+        bar.set_postfix_str("running the eager model")
         with torch.no_grad():
             want = reference(crops).numpy()
+        bar.update()
         agreement = compare(got, want)
         if not agreement.ok:
             raise UserError(f"{what} disagrees with the eager model: {agreement.describe()}; no file written")
@@ -193,7 +203,8 @@ def load_safetensors(path: str | Path) -> tuple[AlexNet, Config, ModelInfo]:
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
-def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, exporter: str = "dynamo") -> Agreement:
+def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, exporter: str = "dynamo",
+                progress: bool = False) -> Agreement:
     """Write the ONNX file after checking it with onnxruntime against the eager model (with alexnet.lrn.layer' LRN).
 
     exporter: "dynamo", PyTorch's current exporter (torch.export, then onnxscript), where LRN becomes standard
@@ -230,11 +241,11 @@ def export_onnx(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, exporte
         session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         return session.run(["logits"], {"crops": crops.numpy()})[0]
 
-    return _write_checked(out, cfg, reference, write, run_saved, "onnxruntime running the ONNX file")
+    return _write_checked(out, cfg, reference, write, run_saved, "onnxruntime running the ONNX file", progress)
 
 
 # ------------------------------------------------------------------------------------------------ torch.export
-def export_program(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> Agreement:
+def export_program(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, progress: bool = False) -> Agreement:
     """torch.export's ExportedProgram (.pt2, the successor of TorchScript), batch size free; checked after
     loading it back (torch.export.load) against the eager model."""
     wrapper = CropClassifier(traceable_copy(model), cfg, info).eval()
@@ -244,17 +255,19 @@ def export_program(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> A
         with torch.no_grad():
             program = torch.export.export(wrapper, (random_crops(cfg, 2),),
                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
-        torch.export.save(program, tmp)
+        with open(tmp, "wb") as f:  # a file object: torch.export warns about any path not ending in .pt2
+            torch.export.save(program, f)
 
     def run_saved(tmp: str, crops: Tensor) -> np.ndarray:
         with torch.no_grad():
-            return torch.export.load(tmp).module()(crops).numpy()
+            with open(tmp, "rb") as f:
+                return torch.export.load(f).module()(crops).numpy()
 
-    return _write_checked(out, cfg, reference, write, run_saved, "the exported program")
+    return _write_checked(out, cfg, reference, write, run_saved, "the exported program", progress)
 
 
 # ------------------------------------------------------------------------------------------------ TorchScript
-def export_torchscript(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) -> Agreement:
+def export_torchscript(model: AlexNet, cfg: Config, info: ModelInfo, out: Path, progress: bool = False) -> Agreement:
     """Trace and save, after checking the saved file, loaded back, against the eager model."""
     wrapper = CropClassifier(traceable_copy(model), cfg, info).eval()
     reference = CropClassifier(copy.deepcopy(model).cpu().eval(), cfg, info).eval()
@@ -270,7 +283,7 @@ def export_torchscript(model: AlexNet, cfg: Config, info: ModelInfo, out: Path) 
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(tmp)(crops).numpy()
 
-    return _write_checked(out, cfg, reference, write, run_saved, "the TorchScript file")
+    return _write_checked(out, cfg, reference, write, run_saved, "the TorchScript file", progress)
 
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "export": ".pt2", "torchscript": ".torchscript.pt"}
