@@ -161,3 +161,21 @@ def test_tensorboard_holds_conv1_kernels_each_epoch_and_the_hparams(shapes_store
     assert best.value == pytest.approx(min(r["val_top1_error"] for r in records if r["kind"] == "epoch"))
     raw = b"".join(p.read_bytes() for p in (run / "tensorboard" / "hparams").glob("events.*"))
     assert b"_hparams_/experiment" in raw and b"optim.lr" in raw and b"model.widths" in raw  # the config
+
+
+def test_linear_schedule_in_a_run_falls_step_by_step_to_zero(shapes_store, tmp_path):
+    """optim.schedule=linear: step s (from 0) of n in all trains at lr x (1 - s / n); the epoch record gives its
+    last step's rate."""
+    cfg = small_cfg(**{"optim.schedule": "linear", "optim.lr": 0.02, "train.epochs": 3, "train.log_every": 1,
+                       "optim.batch_size": 32})
+    run = tmp_path / "run"
+    assert train(cfg, str(shapes_store), run, progress=False) == 0
+    steps = 192 // 32
+    n = 3 * steps
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lrs = {r["step"]: r["lr"] for r in logged if r["kind"] == "train"}
+    assert sorted(train_lrs) == list(range(1, n + 1))
+    for s, lr in train_lrs.items():  # logged at global step s: the rate step s - 1 used
+        assert lr == pytest.approx(0.02 * (1 - (s - 1) / n), rel=1e-9, abs=1e-12)
+    epochs = [r for r in logged if r["kind"] == "epoch"]
+    assert [r["lr"] for r in epochs] == pytest.approx([0.02 * (1 - ((e + 1) * steps - 1) / n) for e in range(3)])

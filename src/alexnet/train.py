@@ -450,8 +450,10 @@ def _tidy_checkpoints(run: Run) -> None:
 
 def _epoch_record(run: Run, epoch: int, seconds: float) -> dict[str, Any]:
     loss_sum, correct, seen = run.state.epoch_sums
+    steps = run.train_loader.steps_per_epoch()
+    last_lr = run.schedule.lr_at(epoch + (steps - 1) / steps)  # the epoch's last step's (warm-up, linear)
     return {"kind": "epoch", "epoch": epoch, "step": run.state.global_step, "train_loss": loss_sum / max(seen, 1),
-            "train_top1_error": 100 * (1 - correct / max(seen, 1)), "lr": run.schedule.lr, "epoch_time": seconds}
+            "train_top1_error": 100 * (1 - correct / max(seen, 1)), "lr": last_lr, "epoch_time": seconds}
 
 
 def _pause_reason(run: Run, at_log: bool) -> str:
