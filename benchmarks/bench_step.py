@@ -8,8 +8,9 @@ Plain = the preset's layers with torch.nn.LocalResponseNorm per tower, torch.opt
 channels_last, bf16 autocast on CUDA. For `paper` also torchvision's alexnet (one tower, no LRN, the same
 0.72 G multiply-adds per image) in each of its settings: NCHW and channels_last, torch.optim.SGD with its
 foreach kernels, glibc's memory defaults and ours; the ratio "vs torchvision's best" is against the fastest of
-them in the same run, so that no comparison rests on a setting that handicaps the peer. torch.compile when
---compile is given.
+them in the same run, so that no comparison rests on a setting that handicaps the peer. Where oneDNN has bf16
+kernels for the CPU (AVX-512 BF16, AMX), both nets also step under bf16 autocast (train.precision=bf16, an
+option), compared with each other. torch.compile when --compile is given.
 Every variant steps on the same fixed batch (no data loading), in one process: all of a preset's variants
 are built and warmed up, then stepped in turn, one step each, for --repeats rounds, so that a machine shared
 with other work slows them alike; each time is the median of its steps. The ratios are what counts.
@@ -52,25 +53,27 @@ def variants(cfg: Config, device: torch.device, batch: int, compile_too: bool
         m = plain_net(cfg).to(device)
         return make_step(m, plain_sgd(m, cfg), x, y)
 
-    def torchvision_alexnet(channels_last: bool) -> Callable[[], Callable[[], None]]:
+    def torchvision_alexnet(channels_last: bool, bf16_on_cpu: bool = False) -> Callable[[], Callable[[], None]]:
         def build() -> Callable[[], None]:
             import torchvision
 
             m = torchvision.models.alexnet().to(device)
             if channels_last:
                 m = m.to(memory_format=torch.channels_last)
-            bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)  # as ours: its best on CUDA
+            # as ours: bf16 autocast on CUDA, and on the CPU in the bf16 rows
+            bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda or bf16_on_cpu)
             opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
             return make_step(m, opt, xcl if channels_last else x, y, bf16)
         return build
 
-    def ours(channels_last: bool, compiled: bool = False) -> Callable[[], Callable[[], None]]:
+    def ours(channels_last: bool, compiled: bool = False,
+             bf16_on_cpu: bool = False) -> Callable[[], Callable[[], None]]:
         def build() -> Callable[[], None]:
             m = AlexNet(cfg.model, crop).to(device)
             if channels_last:
                 m = m.to(memory_format=torch.channels_last)
             net = torch.compile(m) if compiled else m
-            bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+            bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda or bf16_on_cpu)
             return make_step(net, build_optimizer(m, cfg.optim), xcl if channels_last else x, y, bf16)
         return build
 
@@ -83,9 +86,20 @@ def variants(cfg: Config, device: torch.device, batch: int, compile_too: bool
                 out.append((f"torchvision alexnet {layout}, memory kept", torchvision_alexnet(cl), True))
         out.append((f"ours NCHW, {precision}", ours(False), True))
     out.append((f"ours channels_last, {precision}", ours(True), True))
+    if cfg.preset == "paper" and not cuda and cpu_bf16():
+        # train.precision=bf16 (an option; float32 is the default on the CPU): both nets in it, each in its best
+        # layout and memory setting, so that the bf16 ratio too is against torchvision at its best
+        out.append(("torchvision alexnet channels_last, memory kept, bf16 autocast", torchvision_alexnet(True, True),
+                    True))
+        out.append(("ours channels_last, bf16 autocast", ours(True, bf16_on_cpu=True), True))
     if compile_too:
         out.append((f"ours channels_last, {precision}, torch.compile", ours(True, True), True))
     return out
+
+
+def cpu_bf16() -> bool:
+    """oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def with_memory_setting(step: Callable[[], None], keep: bool) -> Callable[[], None]:
@@ -143,17 +157,25 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     rows = []
-    torchvision = [b for b in results if b["variant"].startswith("torchvision alexnet")]
-    best_tv = max(torchvision, key=lambda b: b["images_per_s"]) if torchvision else None
+
+    def best_torchvision(bf16_row: bool) -> dict | None:
+        """torchvision's fastest row of the same precision (the bf16 rows are compared among themselves)."""
+        rows_tv = [b for b in results if b["variant"].startswith("torchvision alexnet")
+                   and b["variant"].endswith("bf16 autocast") == bf16_row]
+        return max(rows_tv, key=lambda b: b["images_per_s"]) if rows_tv else None
+
+    best_tv = best_torchvision(False)
     for r in results:
         same = [b for b in results if b["preset"] == r["preset"]]
         base = next(b for b in same if b["variant"] == "plain")
-        vs_tv = (f"{r['images_per_s'] / best_tv['images_per_s']:.2f}x" if best_tv and r["preset"] == "paper" else "")
+        peer = best_torchvision(r["variant"].endswith("bf16 autocast"))
+        vs_tv = (f"{r['images_per_s'] / peer['images_per_s']:.2f}x" if peer and r["preset"] == "paper" else "")
         rows.append([r["preset"], r["variant"], f"{r['seconds_per_step'] * 1000:.0f}", f"{r['images_per_s']:.1f}",
                      f"{r['images_per_s'] / base['images_per_s']:.2f}x", vs_tv])
     if best_tv:
         print(f"\ntorchvision's best setting in this run: {best_tv['variant']}")
-    table = markdown_table(["preset", "variant", "ms/step", "images/s", "vs plain", "vs torchvision's best"], rows)
+    table = markdown_table(["preset", "variant", "ms/step", "images/s", "vs plain",
+                            "vs torchvision's best (same precision)"], rows)
     print(f"\nTraining step on synthetic input, batch {args.batch}, {device}, median of "
           f"{args.repeats} (large inputs) / {args.small_repeats} (small) steps, variants interleaved\n")
     print(table)

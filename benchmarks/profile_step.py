@@ -190,7 +190,7 @@ def main() -> None:
     write_json(args.json, {"machine": machine(), "preset": args.preset, "batch": args.batch,
                            "precision": args.precision, "per_step_ms": per_step,
                            "kinds": {w: dict(kinds[w]) for w in nets}, "layers": layers,
-                           "tables": [kind_table, layer_table]})
+                           "table": kind_table + "\n\n" + layer_table})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark side by side in one run, results in benchmarks/out/bench.json and bench.md.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--only step,data,train,memory,lrn,prepare,jpeg] [--compile]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--compile]
+                                           [--only step,data,train,memory,lrn,prepare,jpeg,profile]
 
 Each benchmark runs in its own process (so peak memory figures are its own) and writes its table; this
 script collects them with the machine, torch version, date and command, and prints how long each took.
@@ -33,6 +34,7 @@ TITLES = {
     "memory": "Loader memory against store size",
     "lrn": "Local response normalization alone (benchmarks/bench_lrn.py)",
     "prepare": "Preparing a store (benchmarks/bench_prepare.py)",
+    "profile": "Where the paper step's time goes against torchvision's alexnet (benchmarks/profile_step.py)",
     "jpeg": "JPEG stores: size, CPU decode + augmentation per core, cost against length (benchmarks/bench_jpeg.py)",
 }
 
@@ -53,6 +55,9 @@ def commands(quick: bool, cuda: bool, compile_too: bool) -> dict[str, list[str]]
         "jpeg": ["bench_jpeg.py", *(["--batches", "3", "--repeats", "1"] if quick else []),
                  "--json", str(OUT / "jpeg.json")],
     }
+    if not cuda:  # the profile reads CPU time; on a GPU the step's time is the device's
+        out["profile"] = ["profile_step.py", *(["--batch", "32", "--steps", "1"] if quick else []),
+                          "--json", str(OUT / "profile.json")]
     if cuda:
         out["step-large"] = ["bench_step.py", *device, "--batch", "1024", "--presets", "paper,one-tower", *step,
                              "--json", str(OUT / "step-large.json")]
