@@ -119,7 +119,7 @@ def test_each_variant_removes_exactly_its_ingredient():
 
 
 def test_milestones_scale_with_the_epoch_budget():
-    preset = PRESETS["cifar"]
+    preset = PRESETS["cifar-ingredients"]
     epochs0, milestones0 = preset["train"]["epochs"], preset["optim"]["milestones"]
     cfg = variant_config(VARIANTS[0], 2, 10, {})
     assert cfg.train.epochs == 10 and cfg.train.seed == 2
@@ -230,7 +230,7 @@ def test_ablations_mean_and_std_over_seeds(store32, tmp_path):
     errs = [epoch_records(d)[-1]["val_top1_error"] for d in runs]
     mean = (errs[0] + errs[1]) / 2
     std = math.sqrt(((errs[0] - mean) ** 2 + (errs[1] - mean) ** 2) / (2 - 1))  # sample std, n - 1
-    assert f"| nothing (the cifar preset) | {mean:.2f} ± {std:.2f} |" in text
+    assert f"| nothing (the cifar-ingredients preset) | {mean:.2f} ± {std:.2f} |" in text
     assert "1 epochs on 100 training images, 2 seed(s)" in text
     assert (out / "ablations.md").read_text() == text
 

@@ -59,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_figure1)
 
     a = sub.add_parser(
-        "ablations", help="the cifar preset with each of the paper's ingredients removed in turn",
-        description="Train the cifar preset as it is and with each ingredient removed (LRN, overlapping "
+        "ablations", help="the cifar-ingredients preset with each of the paper's ingredients removed in turn",
+        description="Train the cifar-ingredients preset (every ingredient of the paper at CIFAR-10 scale; the "
+                    "cifar preset until 2026-12-06) as it is and with each ingredient removed (LRN, overlapping "
                     "pooling, two towers, PCA colour noise, dropout, crops and flips), for each seed. Writes "
                     "OUT/ablations.md: validation top-1/top-5 error, mean and std over seeds, beside the "
                     "paper's reported effects. Finished runs are skipped on a re-run.")
@@ -74,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--only", metavar="V1,V2",
                    help="run these variants only, comma-separated (all, no-lrn, plain-pooling, one-tower, no-pca, "
                         "no-dropout, no-crops-flips)")
-    a.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the cifar preset")
+    a.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the cifar-ingredients preset")
     a.set_defaults(func=run_ablations)
 
     lc = sub.add_parser(

@@ -1,4 +1,4 @@
-"""The paper's ingredients removed one at a time from the `cifar` preset, validation error over seeds.
+"""The paper's ingredients removed one at a time from the `cifar-ingredients` preset, validation error over seeds.
 
 Each (variant, seed) is an ordinary training run in OUT/<variant>-e<epochs>-n<images>-seed<seed>[-<tag>], trained
 by train.Run with --resume auto semantics: a finished run is skipped (its files are not touched), an
@@ -19,7 +19,7 @@ from typing import Any
 from alexnet.config import Config, build_config
 from alexnet.reproduce.common import finished_epochs, fit, random_subset
 
-PRESET = "cifar"
+PRESET = "cifar-ingredients"  # every paper ingredient present, so each can be removed
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("all", "nothing (the cifar preset)", {}, "-"),
+    Variant("all", "nothing (the cifar-ingredients preset)", {}, "-"),
     Variant("no-lrn", "local response normalization", {"model.lrn": False},
             "+1.4 top-1, +1.2 top-5 (ImageNet); four-layer CIFAR-10 net: 13% error without, 11% with"),
     Variant("plain-pooling", "overlapping pooling (3/2 -> 2/2)", {"model.pooling": "plain"},
@@ -53,7 +53,7 @@ class Result:
 
 
 def variant_config(variant: Variant, seed: int, epochs: int | None, overrides: dict[str, Any]) -> Config:
-    """The cifar preset, the caller's overrides, the variant's removal; milestones scaled to `epochs`."""
+    """The cifar-ingredients preset, the caller's overrides, the variant's removal; milestones scaled to `epochs`."""
     merged = {**overrides, **variant.overrides, "train.seed": seed}
     cfg = build_config(PRESET, None, merged)
     if epochs is not None and epochs != cfg.train.epochs:
