@@ -96,7 +96,7 @@ class OptimConfig:
     factor: float = 0.1  # what the rate is multiplied by at each drop
     min_improvement: float = 0.0  # in percentage points of top-1 error
     milestones: list[int] = field(default_factory=list)  # epochs at which lr *= factor (schedule=milestones)
-    warmup_epochs: float = 0.0  # linear warm-up (not in the paper; for large batches)
+    warmup_epochs: float = 0.0  # linear warm-up (not in the paper; for large batches and short schedules)
     # none: lr as given | linear: lr x batch_size / 128, the paper's batch (large-batch mode, Goyal et al. 2017;
     # pair it with warmup_epochs, e.g. 5)
     lr_scaling: Literal["none", "linear"] = "none"
