@@ -48,3 +48,25 @@ def test_an_old_checkpoint_evaluates_from_the_command_line():
     assert done.returncode == 0, done.stderr
     # the earlier code validated this checkpoint at 61.11% top-1 error: 7 of the 18 validation images right
     assert "61.11" in done.stdout, done.stdout
+
+
+def test_a_changed_pickle_protocol_byte_loads_the_same_and_says_nothing(tmp_path):
+    """The second byte of a checkpoint's data.pkl is the pickle protocol (PROTO opcode 0x80, then the number).
+    A damaged number does not change what is read: eval gives the same figure, on stdout only, with no torch
+    warning on stderr."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "protocol.pt"
+    shutil.copy(OLD / "uninterrupted-last.pt", path)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the member's first byte (stored, not compressed)
+    assert data[start] == 0x80 and info.compress_type == zipfile.ZIP_STORED
+    data[start + 1] = 10
+    path.write_bytes(bytes(data))
+    done = run_cli("eval", str(path), "--data", str(OLD / "store"), "--no-progress")
+    assert done.returncode == 0 and "61.11" in done.stdout, done.stderr
+    assert done.stderr == ""

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,16 @@ def _why_unreadable(exc: BaseException) -> str:
     return f"it is damaged or not a PyTorch file ({type(exc).__name__})"
 
 
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True) without its warning about the pickle protocol number in the file's first
+    bytes: that number does not change what the restricted unpickler reads (a damaged one loads the same
+    tensors, which the checksum then checks), and a warning about it before a correct result, or before the
+    one-line refusal of a damaged file, says nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load safely (weights_only): UserError when the file is missing, not a checkpoint or unsafe."""
     path = Path(path)
@@ -113,7 +124,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = safe_load(path, map_location)
     except Exception as exc:  # pickle errors, truncation, refused globals: all mean "not a usable checkpoint"
         raise UserError(f"{path} is not a readable alexnet checkpoint: {_why_unreadable(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from alexnet.checkpoint import FORMAT, atomic_save, with_checksum
+from alexnet.checkpoint import FORMAT, atomic_save, safe_load, with_checksum
 from alexnet.config import build_config
 from alexnet.data.augment import IMAGENET_MEAN
 from alexnet.errors import UserError
@@ -46,7 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{path} does not exist: pass torchvision's alexnet weights (a state_dict .pth file)")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = safe_load(path)
     except Exception as exc:  # pickle errors, refused globals, truncation: all mean "not a usable weights file"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path} is not a readable state_dict file ({first[:160]})") from None
