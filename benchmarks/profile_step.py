@@ -23,11 +23,11 @@ import argparse
 import contextlib
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from common import machine, markdown_table, write_json
+from common import machine, make_step, markdown_table, write_json
 from torch.profiler import ProfilerActivity, profile
 
 from alexnet.config import Config, build_config
@@ -59,7 +59,7 @@ def kind_of(name: str) -> str:
     return "other (copies, fills, autograd bookkeeping)"
 
 
-def build(which: str, cfg: Config, x: torch.Tensor, y: torch.Tensor, autocast) -> tuple[torch.nn.Module, callable]:
+def build(which: str, cfg: Config, x: torch.Tensor, y: torch.Tensor, autocast) -> tuple[torch.nn.Module, Callable]:
     if which == "ours":
         model = AlexNet(cfg.model, cfg.data.crop).to(memory_format=torch.channels_last)
         opt = build_optimizer(model, cfg.optim)
@@ -68,15 +68,7 @@ def build(which: str, cfg: Config, x: torch.Tensor, y: torch.Tensor, autocast) -
 
         model = torchvision.models.alexnet().to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
-
-    def step() -> None:
-        with autocast:
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model, step
+    return model, make_step(model, opt, x, y, autocast)
 
 
 def layer_names(model: torch.nn.Module) -> dict[tuple[int, ...], str]:

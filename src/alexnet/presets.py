@@ -7,6 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
+# The network of the two CIFAR-10 AlexNets (`cifar`, `cifar-ingredients`): five conv layers of stride 1 for
+# 28x28 crops, two FC layers of 512
+CIFAR_NET: dict[str, Any] = {
+    "widths": [64, 128, 192, 192, 128],
+    "kernels": [5, 5, 3, 3, 3],
+    "strides": [1, 1, 1, 1, 1],
+    "pads": [2, 2, 1, 1, 1],
+    "fc": [512, 512],
+    "num_classes": 10,
+    "init": "torchvision",
+}
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     # Krizhevsky 2014, "One weird trick"; torchvision's alexnet. Same state_dict keys and shapes as
@@ -32,17 +44,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Inputs stay the paper's mean-subtracted pixel values, the scale at which the LRN constants act. The
     # widths, lr 0.02, weight decay 0.001 and 28x28 crops are those chosen for `cifar-ingredients` by GPU sweeps.
     "cifar": {
-        "model": {
-            "widths": [64, 128, 192, 192, 128],
-            "kernels": [5, 5, 3, 3, 3],
-            "strides": [1, 1, 1, 1, 1],
-            "pads": [2, 2, 1, 1, 1],
-            "fc": [512, 512],
-            "num_classes": 10,
-            "init": "torchvision",
-            "pooling": "plain",
-            "dropout": 0.25,
-        },
+        "model": {**CIFAR_NET, "pooling": "plain", "dropout": 0.25},
         "data": {"image_size": 32, "crop": 28},
         "optim": {"lr": 0.02, "weight_decay": 0.001, "schedule": "linear", "warmup_epochs": 1.0,
                   "label_smoothing": 0.1, "batch_size": 128},
@@ -60,15 +62,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # per epoch but lost 2-3 points at equal time), lr 0.02 (0.03: +2 points, 0.05: +10), weight decay
     # 0.001 (0.0005: +0.5 to 1 point), the rate divided by 10 after epochs 10 and 13.
     "cifar-ingredients": {
-        "model": {
-            "widths": [64, 128, 192, 192, 128],
-            "kernels": [5, 5, 3, 3, 3],
-            "strides": [1, 1, 1, 1, 1],
-            "pads": [2, 2, 1, 1, 1],
-            "fc": [512, 512],
-            "num_classes": 10,
-            "init": "torchvision",
-        },
+        "model": CIFAR_NET,
         "data": {"image_size": 32, "crop": 28},
         "optim": {"lr": 0.02, "weight_decay": 0.001, "schedule": "milestones", "milestones": [10, 13],
                   "batch_size": 128},
