@@ -385,3 +385,21 @@ def test_a_worker_killed_midway_is_reported_and_the_work_is_kept(tmp_path):
     with np.load(state) as saved:
         assert len(saved["done"]) >= 1  # finished chunks were recorded for the next run
     assert not is_store(tmp_path / "store")
+
+
+def test_prepare_shows_a_bar_on_a_terminal_and_not_with_no_progress(tmp_path):
+    from conftest import run_cli_on_terminal
+
+    _known_folder(tmp_path / "src")
+    status, _, shown = run_cli_on_terminal("prepare", str(tmp_path / "src"), "--out", str(tmp_path / "a"),
+                                           "--workers", "1")
+    assert status == 0, shown
+    assert re.search(r"prepare: 100%.*6/6", shown), shown  # tqdm's bar over the 6 images
+    assert "train 6 images (0 skipped)" in shown, shown  # the summary line
+
+    status, _, quiet = run_cli_on_terminal("prepare", str(tmp_path / "src"), "--out", str(tmp_path / "b"),
+                                           "--workers", "1", "--no-progress")
+    assert status == 0, quiet
+    assert "6/6" not in quiet and "%|" not in quiet, quiet
+    assert quiet.startswith(f"prepared {tmp_path / 'b'}: train 6 images (0 skipped)"), quiet  # the summary alone
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")

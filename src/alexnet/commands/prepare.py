@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="JPEG quality of --format jpeg, 1-100 (default 90)")
     p.add_argument("--chunk-size", type=int, default=None, metavar="N",
                    help="images per resumable unit of work (default: about 64 MB of output)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (none either off a terminal); the summary line is kept")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     p.set_defaults(func=run)
 
@@ -50,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, progress=not args.quiet, seed=args.seed, labels=args.labels,
             encoding=args.format, quality=args.quality,
             devkit=args.devkit, synsets=args.synsets, val=args.val, overwrite=args.overwrite,
-            chunk_size=args.chunk_size)
+            chunk_size=args.chunk_size, bar=not args.no_progress)
     return 0

@@ -81,7 +81,7 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
             labels: str | Path | None = None, devkit: str | Path | None = None,
             synsets: str | Path | None = None, val: str | Path | None = None, overwrite: bool = False,
             chunk_size: int | None = None, cache_dir: Path | None = None, encoding: str = "auto",
-            quality: int = DEFAULT_QUALITY) -> Store:
+            quality: int = DEFAULT_QUALITY, bar: bool = True) -> Store:
     """Prepare the images at src into a store at out and return it opened.
 
     size: side S of the stored images (None: 32 for CIFAR-10, 256 otherwise). workers: decoding
@@ -91,6 +91,7 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
     resumable unit (default: about 64 MB of output, or $ALEXNET_PREPARE_CHUNK). encoding: "raw" (uint8
     pixels), "jpeg" (each stored image re-encoded at `quality`, data/jpeg.py) or "auto": raw while the raw
     images would take at most AUTO_RAW_BYTES, else jpeg. The source may be a store: converted to `encoding`.
+    progress: messages and the summary line on stderr; bar: the progress bar too (only on a terminal).
     """
     started = time.monotonic()
     out = Path(out).expanduser().absolute()
@@ -121,7 +122,7 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
             _fail_if_skipped(plan.listing_skips())
         _open_partial(partial, plan, progress)
         state = _State.load(partial, plan)
-        _run_chunks(plan, partial, state, workers, progress)
+        _run_chunks(plan, partial, state, workers, progress, bar)
         skips = plan.listing_skips() + [(split, plan.items[split][i].name, reason)
                                         for split, i, reason in state.skipped]
         if strict:
@@ -469,7 +470,7 @@ def _data_offset(path: Path) -> int:
         return f.tell()
 
 
-def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progress: bool) -> None:
+def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progress: bool, bar_on: bool) -> None:
     pending = [c for c in plan.chunks if c.index not in state.done]
     total = sum(len(v) for v in plan.items.values())
     done_images = total - sum(c.stop - c.start for c in pending)
@@ -487,7 +488,7 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
     chunks = {c.index: c for c in plan.chunks}
     save_every = float(os.environ.get(SAVE_ENV, "2"))
     bar = tqdm(total=total, initial=done_images, unit="img", desc="prepare", smoothing=0.1,
-               disable=not (progress and sys.stderr.isatty()))
+               disable=not (progress and bar_on and sys.stderr.isatty()))
     workers = min(workers, len(pending))
     last_save = time.monotonic()
 
