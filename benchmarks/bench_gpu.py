@@ -9,7 +9,7 @@ an epoch is many batches long (the content does not change the speed). Each case
 bookkeeping) and times --steps steps of train.train_one_epoch after a warm-up (compilation included there),
 against the same model and optimizer stepping one already augmented batch again and again (what the step
 costs with a free data path). Beside them torchvision's alexnet, stepped the same way (bf16, channels_last,
-foreach SGD), eager and compiled.
+fused SGD), eager and compiled.
 
 Cases: the store in pinned host memory (copied batch by batch) or resident in GPU memory
 (train.store_on_device), eager or torch.compile, at each batch size. The share of the GPU's peak counts
@@ -156,7 +156,7 @@ def torchvision_rate(batch: int, compiled: bool, steps: int, device: torch.devic
 
     torch.manual_seed(0)
     net = torchvision.models.alexnet().to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
     return synthetic_rate(net, opt, batch, compiled, steps, device)
 
 

@@ -11,7 +11,7 @@
    ImageNet photos' store (256, 224 crops), the small presets the CIFAR-10 store (32).
 2. The cifar preset's epoch end to end against the plain way (ImageFolder JPEGs + torchvision transforms +
    DataLoader with 2 workers + the same net with torch.nn.LocalResponseNorm + torch.optim.SGD, the model at
-   its best stock settings: channels_last, foreach SGD, freed memory kept, the preset's bf16): the same
+   its best stock settings: channels_last, fused SGD, freed memory kept, the preset's bf16): the same
    number of training images (--epoch-images, a subset of the 45,000: the epoch time scales with it), from
    process start (model, store, workers) to the last step, each side twice in fresh processes, alternating,
    the faster run of each kept; peak memory of the process and its workers (PSS).
@@ -131,12 +131,12 @@ def epoch_plain(store_path: str, images: int, device: torch.device, workers: int
         store = open_store(store_path)
         torch.manual_seed(0)
         # the plain net at its best stock settings (as bench_step's "plain at its best"): channels_last,
-        # torch.optim.SGD's foreach kernels, freed memory kept, and the preset's bf16 autocast
+        # torch.optim.SGD's fused kernel, freed memory kept, and the preset's bf16 autocast
         keep_freed_memory()
         model = plain_net(cfg).to(device).to(memory_format=torch.channels_last)
         o = cfg.optim
         opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                              foreach=True)
+                              fused=True)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                   enabled=device.type == "cuda" or cfg.train.precision == "bf16")
         batch = cfg.optim.batch_size

@@ -6,7 +6,7 @@
 torch.profiler over `--steps` training steps of each net, on a fixed synthetic batch, each in its fastest
 setting on this device (the one bench_step.py finds): channels_last, freed host memory kept for reuse (ours:
 train.keep_freed_memory; the same setting given to torchvision's net), ours with PaperSGD (foreach), torchvision's
-with torch.optim.SGD(foreach=True). The steps of the two nets alternate, one each in turn, so that a machine
+with torch.optim.SGD(fused=True). The steps of the two nets alternate, one each in turn, so that a machine
 whose speed drifts slows both alike. Prints two tables, in milliseconds per step:
 
 - by kind of work: convolutions forward and backward (oneDNN), FC layers, LRN forward and backward (our fused
@@ -67,7 +67,7 @@ def build(which: str, cfg: Config, x: torch.Tensor, y: torch.Tensor, autocast) -
         import torchvision
 
         model = torchvision.models.alexnet().to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
     return model, make_step(model, opt, x, y, autocast)
 
 
