@@ -6,15 +6,20 @@
 torch.profiler over `--steps` training steps of each net, on a fixed synthetic batch, each in its fastest
 setting on this device (the one bench_step.py finds): channels_last, freed host memory kept for reuse (ours:
 train.keep_freed_memory; the same setting given to torchvision's net), ours with PaperSGD (foreach), torchvision's
-with torch.optim.SGD(fused=True). The steps of the two nets alternate, one each in turn, so that a machine
-whose speed drifts slows both alike. Prints two tables, in milliseconds per step:
+with torch.optim.SGD(fused=True). The profiled steps of the two nets alternate, one each in turn, so that a
+machine whose speed drifts slows both alike. Prints two tables, in milliseconds per step:
 
 - by kind of work: convolutions forward and backward (oneDNN), FC layers, LRN forward and backward (our fused
   kernels), pooling, ReLU, dropout, the loss, the optimizer, and the rest;
 - by layer: each convolution's forward and backward and each FC layer, matched through the weight's shape
   (recorded by the profiler), so that conv1 of 96 maps can be set against torchvision's conv1 of 64.
 
-The profiler's own overhead is small against ops of milliseconds, and the same on both sides.
+The profiler's own overhead is small against ops of milliseconds, but its event buffers take heap memory: the
+first step it records breaks up the heap that freed tensors were reused from, and the big tensors of that
+step and the next fault their pages in again (tens of thousands of page faults; ours, with the larger maps,
+more than torchvision's), which would show up as slow fills and ReLU backward passes that the unprofiled step
+does not have. So each profiled step is the last of a run of `--settle` + 1 recorded steps, and the page
+faults of the steps kept are printed beside the tables.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import resource
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from common import machine, make_step, markdown_table, write_json
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, schedule
 
 from alexnet.config import Config, build_config
 from alexnet.model import AlexNet
@@ -105,6 +112,24 @@ def self_times(prof: profile) -> list[tuple[str, list, float]]:
     return out
 
 
+def settled_profile(step: Callable[[], None], settle: int) -> tuple[list[tuple[str, list, float]], int]:
+    """The self times of one step recorded after `settle` recorded steps (see the module docstring), and the
+    minor page faults that step took."""
+    cycles: list[list[tuple[str, list, float]]] = []
+    # the steps thrown away are the warm-up, recorded on purpose; and each cycle's events are taken as it ends
+    warnings.filterwarnings("ignore", message=".*won't be using warmup.*")
+    warnings.filterwarnings("ignore", message=".*clears events at the end of each cycle.*")
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True,
+                 schedule=schedule(wait=0, warmup=0, active=1, repeat=settle + 1),
+                 on_trace_ready=lambda p: cycles.append(self_times(p))) as prof:
+        for _ in range(settle + 1):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            step()
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            prof.step()
+    return cycles[-1], faults
+
+
 def by_layer(entries: list[tuple[str, list, float]], names: dict[tuple[int, ...], str]) -> dict[str, float]:
     """Convolution forward/backward and FC time per layer, found by the weight's shape among the inputs."""
     out: dict[str, float] = defaultdict(float)
@@ -128,6 +153,8 @@ def main() -> None:
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="profiled steps of each net (after 3 untimed ones)")
+    ap.add_argument("--settle", type=int, default=2,
+                    help="recorded steps thrown away before each kept one (the heap settles under the profiler)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/profile.json"))
     args = ap.parse_args()
@@ -145,13 +172,13 @@ def main() -> None:
             step()
     entries: dict[str, list] = {which: [] for which in nets}
     totals: dict[str, float] = defaultdict(float)
+    faults: dict[str, list[int]] = {which: [] for which in nets}
     for _ in range(args.steps):
         for which, (_model, step) in nets.items():
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                step()
-            got = self_times(prof)
+            got, step_faults = settled_profile(step, args.settle)
             entries[which] += got
             totals[which] += sum(ms for _n, _s, ms in got)
+            faults[which].append(step_faults)
     per_step = {w: totals[w] / args.steps for w in nets}
 
     kinds: dict[str, dict[str, float]] = {w: defaultdict(float) for w in nets}
@@ -175,12 +202,13 @@ def main() -> None:
 
     print(f"\nProfile of the {args.preset} preset's step against torchvision's alexnet, batch {args.batch}, "
           f"{args.precision}, channels_last, memory kept, {args.steps} profiled steps each, alternating; "
-          f"{torch.get_num_threads()} threads\n")
+          f"{torch.get_num_threads()} threads; minor page faults in the kept steps: "
+          + ", ".join(f"{w} {faults[w]}" for w in nets) + "\n")
     print(kind_table)
     print()
     print(layer_table)
     write_json(args.json, {"machine": machine(), "preset": args.preset, "batch": args.batch,
-                           "precision": args.precision, "per_step_ms": per_step,
+                           "precision": args.precision, "per_step_ms": per_step, "page_faults": faults,
                            "kinds": {w: dict(kinds[w]) for w in nets}, "layers": layers,
                            "table": kind_table + "\n\n" + layer_table})
 

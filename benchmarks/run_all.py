@@ -105,7 +105,8 @@ def main() -> int:
             print(proc.stderr[-2000:], file=sys.stderr)
         elif json_path is not None and json_path.exists():
             data = json.loads(json_path.read_text())
-            entry["table"] = data.pop("table", "")
+            # a script whose JSON holds no table printed its tables: keep what it printed
+            entry["table"] = data.pop("table", "") or proc.stdout.strip()
             entry["results"] = data
         else:  # the scripts that print a markdown table and notes: keep their output as it is
             entry["table"] = proc.stdout.strip()
