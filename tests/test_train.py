@@ -179,3 +179,21 @@ def test_linear_schedule_in_a_run_falls_step_by_step_to_zero(shapes_store, tmp_p
         assert lr == pytest.approx(0.02 * (1 - (s - 1) / n), rel=1e-9, abs=1e-12)
     epochs = [r for r in logged if r["kind"] == "epoch"]
     assert [r["lr"] for r in epochs] == pytest.approx([0.02 * (1 - ((e + 1) * steps - 1) / n) for e in range(3)])
+
+
+def test_demo_shows_progress_on_a_terminal_and_not_with_no_progress(tmp_path):
+    from conftest import run_cli_on_terminal
+
+    args = ["demo", "--epochs", "1", "--train-per-class", "8", "--val-per-class", "2", "optim.batch_size=16",
+            "train.threads=1"]
+    status, stdout, shown = run_cli_on_terminal(*args, "--out", str(tmp_path / "a"))
+    assert status == 0, shown
+    assert "ten-crop validation error" in stdout
+    assert "epoch 1/1" in shown and "%|" in shown, shown  # the training bar, on the terminal (stderr)
+    status, quiet_stdout, quiet = run_cli_on_terminal(*args, "--out", str(tmp_path / "b"), "--no-progress")
+    assert status == 0, quiet
+    assert "epoch 1/1" not in quiet and "%|" not in quiet, quiet
+    # the same result either way: the bars change no figure
+    error = [line for line in stdout.splitlines() if line.startswith("ten-crop validation error")][0]
+    quiet_error = [line for line in quiet_stdout.splitlines() if line.startswith("ten-crop validation error")][0]
+    assert error.split(" in ")[0] == quiet_error.split(" in ")[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--val-per-class", type=int, default=60)
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none either off a terminal)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for the demo preset")
     p.set_defaults(func=run)
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/4] training the `demo` preset (two towers, LRN, overlapping pooling, dropout, PCA colour "
           f"noise, the paper's SGD) for {cfg.train.epochs} epochs", flush=True)
     run_dir = out / "run"
-    status = train(cfg, str(out / "store"), run_dir)
+    status = train(cfg, str(out / "store"), run_dir, progress=not args.no_progress)
     if status:
         return status
 
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(out / "store")
     val = store.split("val")
     result = evaluate([model], BatchLoader(val.images, val.labels, 128, torch.device("cpu")), mcfg.data,
-                      [info.stats(mcfg, torch.device("cpu"))], ten_crop=True)
+                      [info.stats(mcfg, torch.device("cpu"))], ten_crop=True,
+                      progress=not args.no_progress and sys.stderr.isatty())
     chance = 100 * (1 - 1 / len(info.classes))
     kernels = plot_kernels(model.features[0].weight.detach().numpy(), mcfg.model.towers, run_dir / "kernels.png")
     minutes = (time.perf_counter() - start) / 60
