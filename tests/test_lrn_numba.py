@@ -98,6 +98,26 @@ def test_non_finite_input_gives_non_finite_output_where_torch_does(dtype):
     torch.testing.assert_close(out.float()[finite], ref[finite], rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("edge", [5, 6])  # the last channel of the first tower, the first of the second
+def test_an_infinity_at_a_tower_edge_stays_in_its_tower(dtype, edge):
+    """The window sums run along both towers at once with the other tower masked out; an infinity next to the
+    boundary must leave the other tower's values finite and equal to torch's, as when each tower is its own
+    layer (a mask applied by multiplying would make them 0 * inf = NaN)."""
+    x = channels_last(torch.rand(1, 12, 2, 2) + 0.5).to(dtype)
+    x[0, edge, 0, 0] = float("inf")
+    grad = torch.ones_like(x)
+    ref = torch_lrn_in_towers(x.float(), 5, 0.1, 0.75, 2.0, 2)
+    ref_grad = torch.func.vjp(lambda t: torch_lrn_in_towers(t, 5, 0.1, 0.75, 2.0, 2), x.float())[1](grad.float())[0]
+    out = lrn_numba.lrn_forward(x, 5, 0.1 / 5, 0.75, 2.0, 2)
+    grad_in = lrn_numba.lrn_backward(x, grad, 5, 0.1 / 5, 0.75, 2.0, 2)
+    other = slice(6, 12) if edge < 6 else slice(0, 6)
+    assert torch.isfinite(ref[0, other]).all() and torch.isfinite(ref_grad[0, other]).all()
+    torch.testing.assert_close(out.float()[0, other], ref[0, other], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(grad_in.float()[0, other], ref_grad[0, other], rtol=1e-2, atol=1e-2)
+    assert torch.equal(torch.isfinite(out), torch.isfinite(ref))
+
+
 @pytest.mark.parametrize("make_input", [
     lambda: torch.randn(2, 8, 3, 3),  # contiguous NCHW
     lambda: channels_last(torch.randn(2, 8, 3, 3, dtype=torch.float64)),  # float64

@@ -4,9 +4,10 @@ layer.py's eager layer is a chain of full-size vectorized torch passes: about 9 
 each a trip through memory. Here each pixel's channels are one contiguous row of a channels_last tensor,
 and one loop over the rows does everything for a row while it sits in the L1 cache: the forward reads
 each value once and writes the output once; the backward reads the input and the incoming gradient and
-writes the gradient, recomputing the scales it needs. The inner loops run along the channels, so LLVM
-vectorizes them. The rows are split between torch.get_num_threads() Python threads (threads.py); the
-compiled loops release the GIL, so they run at once.
+writes the gradient, recomputing the scales it needs. The inner loops run along the whole row, both towers
+at once (masks keep each window inside its tower), so LLVM vectorizes loops of 96 or 256 channels rather
+than one short loop per tower (measured in docs/PERFORMANCE.md). The rows are split between
+torch.get_num_threads() Python threads (threads.py); the compiled loops release the GIL, so they run at once.
 
 The formulas are layer.py's (module docstring there): b_i = a_i * scale_i ** -beta, scale_i = k + c * S_i,
 S_i the sum of squares over window(i) = [i - size // 2, i + (size - 1) // 2] within the tower, and
@@ -20,6 +21,8 @@ Numba is importable; every other case keeps the eager passes.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
@@ -92,92 +95,95 @@ def _put_overload(dst, row, col, value):
     return put
 
 
-@_jit
-def _scales(x, row, start, tower, size, coefficient, k, padded, scale):
-    """scale[c] = k + coefficient * (sum of x ** 2 over window(c)) for one tower of one row.
+@functools.cache
+def _window_masks(channels: int, groups: int, size: int, before: int) -> np.ndarray:
+    """inside[j, c]: whether channel c - before + j lies in c's own tower, for j in [0, size).
 
-    padded holds zeros around [size // 2, size // 2 + tower), so every window, clipped or not, is one run of
-    `size` entries; the adds go along the channels, which LLVM vectorizes."""
+    The loops below take each window sum along a whole row of channels at once, both towers together, and
+    these masks drop the terms that would reach into the other tower or past the row's ends."""
+    tower = channels // groups
+    inside = np.zeros((size, channels), np.bool_)
+    for j in range(size):
+        for c in range(channels):
+            inside[j, c] = 0 <= c % tower - before + j < tower
+    return inside
+
+
+@_jit
+def _window_sums(padded, inside, channels, size, out):
+    """out[c] = the sum over j of padded[c + j] where inside[j, c]; padded holds a row's values shifted by
+    `before` with zeros around them. A select rather than a multiply by the mask, so an infinite value in the
+    other tower does not turn this channel's sum into NaN."""
+    for c in range(channels):
+        out[c] = np.float32(0.0)
+    for j in range(size):
+        for c in range(channels):
+            v = padded[c + j]
+            out[c] += v if inside[j, c] else np.float32(0.0)
+
+
+@_jit
+def _scales_and_powers(x, row, inside, size, coefficient, k, beta, padded, scale, power):
+    """scale[c] = k + coefficient * (sum of x ** 2 over window(c)) and power[c] = scale[c] ** -beta for one row;
+    for the paper's beta of 0.75 the power is q ** 3 with q = (1 / scale) ** 0.25 (a division, two square
+    roots), which is 0, as torch gives, for an infinite scale, where scale ** 0.25 / scale is NaN."""
+    channels = x.shape[1]
     before = size // 2
-    for c in range(tower):
-        v = _value(x, row, start + c)
+    for c in range(channels):
+        v = _value(x, row, c)
         padded[before + c] = v * v
-    _window_sums(padded, tower, size, scale)
-    for c in range(tower):
-        scale[c] = k + coefficient * scale[c]
-
-
-@_jit
-def _window_sums(padded, tower, size, out):
-    """out[c] = padded[c] + ... + padded[c + size - 1] for c < tower, as shifted adds along the channels."""
-    for c in range(tower):
-        out[c] = padded[c]
-    for j in range(1, size):
-        for c in range(tower):
-            out[c] += padded[c + j]
-
-
-@_jit
-def _powers(scale, tower, beta, power):
-    """power = scale ** -beta; for the paper's 0.75 as q ** 3 with q = (1 / scale) ** 0.25 (a division, two
-    square roots), which is 0, as torch gives, for an infinite scale, where scale ** 0.25 / scale is NaN.
-
-    (A division-free Newton iteration for scale ** -0.25 measured no faster here: the loops are not bound
-    by these operations.)"""
+    _window_sums(padded, inside, channels, size, scale)
     if beta == 0.75:
-        for c in range(tower):
+        for c in range(channels):
+            scale[c] = k + coefficient * scale[c]
             q = np.sqrt(np.sqrt(np.float32(1.0) / scale[c]))
             power[c] = q * q * q
     else:
         minus_beta = np.float32(-beta)
-        for c in range(tower):
+        for c in range(channels):
+            scale[c] = k + coefficient * scale[c]
             power[c] = scale[c] ** minus_beta
 
 
 @_jit
-def _forward_rows(x, out, first, last, groups, size, coefficient, beta, k):
-    tower = x.shape[1] // groups
+def _forward_rows(x, out, first, last, inside, size, coefficient, beta, k):
+    channels = x.shape[1]
     coefficient32, k32 = np.float32(coefficient), np.float32(k)
-    padded = np.zeros(tower + size, np.float32)
-    scale, power = np.empty(tower, np.float32), np.empty(tower, np.float32)
+    padded = np.zeros(channels + size, np.float32)
+    scale, power = np.empty(channels, np.float32), np.empty(channels, np.float32)
     for row in range(first, last):
-        for g in range(groups):
-            start = g * tower
-            _scales(x, row, start, tower, size, coefficient32, k32, padded, scale)
-            _powers(scale, tower, beta, power)
-            for c in range(tower):
-                _put(out, row, start + c, _value(x, row, start + c) * power[c])
+        _scales_and_powers(x, row, inside, size, coefficient32, k32, beta, padded, scale, power)
+        for c in range(channels):
+            _put(out, row, c, _value(x, row, c) * power[c])
 
 
 @_jit
-def _backward_rows(x, grad_out, grad_in, first, last, groups, size, coefficient, beta, k):
-    tower = x.shape[1] // groups
+def _backward_rows(x, grad_out, grad_in, first, last, inside, inside_t, size, coefficient, beta, k):
+    channels = x.shape[1]
     coefficient32, k32 = np.float32(coefficient), np.float32(k)
     factor = np.float32(-2.0 * beta * coefficient)
-    padded = np.zeros(tower + size, np.float32)
+    padded = np.zeros(channels + size, np.float32)
     # t_i = g_i a_i scale_i ** (-beta - 1) with zeros around it: j lies in window(i) exactly when i lies in
     # [j - (size - 1) // 2, j + size // 2], the window mirrored, so t's zeros in front are (size - 1) // 2.
-    padded_t = np.zeros(tower + size, np.float32)
+    padded_t = np.zeros(channels + size, np.float32)
     before_t = (size - 1) // 2
-    scale, power, window = np.empty(tower, np.float32), np.empty(tower, np.float32), np.empty(tower, np.float32)
+    scale, power, window = (np.empty(channels, np.float32), np.empty(channels, np.float32),
+                            np.empty(channels, np.float32))
     for row in range(first, last):
-        for g in range(groups):
-            start = g * tower
-            _scales(x, row, start, tower, size, coefficient32, k32, padded, scale)
-            _powers(scale, tower, beta, power)
-            for c in range(tower):
-                grad = _value(grad_out, row, start + c)
-                padded_t[before_t + c] = grad * _value(x, row, start + c) * power[c] / scale[c]
-            _window_sums(padded_t, tower, size, window)
-            for c in range(tower):
-                a = _value(x, row, start + c)
-                _put(grad_in, row, start + c, _value(grad_out, row, start + c) * power[c] + factor * a * window[c])
+        _scales_and_powers(x, row, inside, size, coefficient32, k32, beta, padded, scale, power)
+        for c in range(channels):
+            padded_t[before_t + c] = _value(grad_out, row, c) * _value(x, row, c) * power[c] / scale[c]
+        _window_sums(padded_t, inside_t, channels, size, window)
+        for c in range(channels):
+            a = _value(x, row, c)
+            _put(grad_in, row, c, _value(grad_out, row, c) * power[c] + factor * a * window[c])
 
 
 def lrn_forward(x: Tensor, size: int, coefficient: float, beta: float, k: float, groups: int) -> Tensor:
     out = torch.empty_like(x)
     rows_x, rows_out = _rows(x), _rows(out)
-    split_work(lambda first, last: _forward_rows(rows_x, rows_out, first, last, groups, size, coefficient, beta, k),
+    inside = _window_masks(x.shape[1], groups, size, size // 2)
+    split_work(lambda first, last: _forward_rows(rows_x, rows_out, first, last, inside, size, coefficient, beta, k),
                rows_x.shape[0], _MIN_ROWS_PER_TASK)
     return out
 
@@ -187,8 +193,10 @@ def lrn_backward(x: Tensor, grad_out: Tensor, size: int, coefficient: float, bet
     grad_out = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)
     grad_in = torch.empty_like(x)
     rows_x, rows_g, rows_in = _rows(x), _rows(grad_out), _rows(grad_in)
-    split_work(lambda first, last: _backward_rows(rows_x, rows_g, rows_in, first, last, groups, size, coefficient,
-                                                  beta, k), rows_x.shape[0], _MIN_ROWS_PER_TASK)
+    inside, inside_t = (_window_masks(x.shape[1], groups, size, size // 2),
+                        _window_masks(x.shape[1], groups, size, (size - 1) // 2))
+    split_work(lambda first, last: _backward_rows(rows_x, rows_g, rows_in, first, last, inside, inside_t, size,
+                                                  coefficient, beta, k), rows_x.shape[0], _MIN_ROWS_PER_TASK)
     return grad_in
 
 
