@@ -41,6 +41,7 @@ import torch
 from bench_data import cases as data_cases
 from bench_train import make_run, reused_batch_step, run_steps
 from common import OUT, machine, make_step, markdown_table, sync, write_json
+from plain import torchvision_sgd
 
 FLOP_PER_IMAGE = 6 * 0.7244e9  # forward MACs of the paper preset (`alexnet summary --preset paper`)
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
@@ -156,7 +157,7 @@ def torchvision_rate(batch: int, compiled: bool, steps: int, device: torch.devic
 
     torch.manual_seed(0)
     net = torchvision.models.alexnet().to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
+    opt = torchvision_sgd(net)
     return synthetic_rate(net, opt, batch, compiled, steps, device)
 
 

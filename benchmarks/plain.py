@@ -45,9 +45,18 @@ def plain_net(cfg: Config) -> nn.Module:
     return model
 
 
-def plain_sgd(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def plain_sgd(model: nn.Module, cfg: Config, at_its_best: bool = False) -> torch.optim.Optimizer:
+    """torch.optim.SGD with the preset's rate, momentum and decay: as it comes (its per-parameter loop on the
+    CPU), or at its best, its fused kernel (the fastest of its implementations, docs/PERFORMANCE.md)."""
     o = cfg.optim
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                           fused=at_its_best or None)
+
+
+def torchvision_sgd(model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of torchvision's alexnet recipe (lr 0.01, momentum 0.9, weight decay 5e-4) with torch's
+    fastest update, the fused kernel."""
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
 
 
 class PCANoise:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 from common import machine, make_step, markdown_table, write_json
+from plain import torchvision_sgd
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from alexnet.config import Config, build_config
@@ -74,7 +75,7 @@ def build(which: str, cfg: Config, x: torch.Tensor, y: torch.Tensor, autocast) -
         import torchvision
 
         model = torchvision.models.alexnet().to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
+        opt = torchvision_sgd(model)
     return model, make_step(model, opt, x, y, autocast)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 CACHE_HELP = "where image folders are prepared (default $ALEXNET_CACHE or ~/.cache/alexnet)"
@@ -16,8 +17,6 @@ def _data_and_out(p: argparse.ArgumentParser, out: str, data_help: str) -> None:
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    import sys
-
     return not args.no_progress and sys.stderr.isatty()
 
 
