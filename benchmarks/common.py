@@ -34,8 +34,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    from alexnet.hardware import auto_channels_last, auto_precision, detect
+
+    cpu_device = torch.device("cpu")
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "date": date.today().isoformat(), "python": platform.python_version()}
+            "date": date.today().isoformat(), "python": platform.python_version(), "cpu_kind": detect().kind,
+            "auto_precision": auto_precision(cpu_device), "auto_channels_last": auto_channels_last(cpu_device)}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

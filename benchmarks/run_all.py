@@ -1,7 +1,7 @@
 """`make bench`: every benchmark side by side in one run, results in benchmarks/out/bench.json and bench.md.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--compile]
-                                           [--only step,data,train,memory,lrn,prepare,jpeg,profile]
+                                           [--only step,data,train,memory,lrn,prepare,jpeg,precision,profile]
 
 Each benchmark runs in its own process (so peak memory figures are its own) and writes its table; this
 script collects them with the machine, torch version, date and command, and prints how long each took.
@@ -36,6 +36,7 @@ TITLES = {
     "prepare": "Preparing a store (benchmarks/bench_prepare.py)",
     "profile": "Where the paper step's time goes against torchvision's alexnet (benchmarks/profile_step.py)",
     "jpeg": "JPEG stores: size, CPU decode + augmentation per core, cost against length (benchmarks/bench_jpeg.py)",
+    "precision": "Precision and layout per CPU kind: each preset's step in fp32 and bf16, NCHW and channels_last",
 }
 
 
@@ -52,6 +53,8 @@ def commands(quick: bool, cuda: bool, compile_too: bool) -> dict[str, list[str]]
         "memory": ["bench_memory.py", *q, "--json", str(OUT / "memory.json")],
         "lrn": ["bench_lrn.py", *(q or ["--repeats", "3"])],
         "prepare": ["bench_prepare.py", *(["--copies", "1", "--repeats", "1"] if quick else ["--repeats", "3"])],
+        "precision": ["bench_precision.py", "--presets", "cifar,paper", *(["--repeats", "1"] if quick else []),
+                      "--json", str(OUT / "precision.json")],
         "jpeg": ["bench_jpeg.py", *(["--batches", "3", "--repeats", "1"] if quick else []),
                  "--json", str(OUT / "jpeg.json")],
     }
@@ -88,6 +91,8 @@ def main() -> int:
     info["omp_wait_policy"] = env["OMP_WAIT_POLICY"]
     info["load_average_start"] = round(os.getloadavg()[0], 2)
     command = " ".join([Path(sys.executable).name, "benchmarks/run_all.py", *sys.argv[1:]])
+    print(f"{info['cpu']}: {info['cpu_kind']}; train.precision=auto picks {info['auto_precision']}, "
+          f"train.channels_last=auto picks {info['auto_channels_last']} on this CPU", flush=True)
     sections, failures = {}, []
     for name, cmd in todo.items():
         print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
@@ -125,9 +130,10 @@ def main() -> int:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    hw = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else ", no GPU")
+    hw = f"{m['cpu']} ({m['cpu_kind']}), {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else ", no GPU")
     lines = [f"# Benchmarks ({'quick smoke run, not for quoting' if report['quick'] else 'full run'})", "",
              f"- command: `{report['command']}`", f"- machine: {hw}",
+             f"- on this CPU `auto` picks precision {m['auto_precision']}, channels_last {m['auto_channels_last']}",
              f"- torch {m['torch']}, Python {m['python']}, {m['threads']} torch threads, "
              f"OMP_WAIT_POLICY={m['omp_wait_policy']}", f"- date: {m['date']}",
              f"- load average (1 min) at start {m['load_average_start']}, at end {m['load_average_end']} "

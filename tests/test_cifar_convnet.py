@@ -163,7 +163,13 @@ def test_reproduce_lrn_cifar_trains_both_nets_per_seed_and_writes_results(store3
     assert cfg["model"]["lrn"] is False and cfg["train"]["seed"] == 1 and cfg["preset"] == "cifar-convnet"
     assert yaml_config(out / "short-lrn-seed0" / "config.yaml")["model"]["lrn"] is True
     table = (out / "lrn-cifar.md").read_text()
-    assert "with LRN" in table and "without LRN" in table and "Difference" in table
+    rows = {cells[1].strip(): cells for cells in (line.split("|") for line in table.splitlines())
+            if len(cells) > 3 and cells[1].strip() in ("with LRN", "without LRN")}
+    for net, name in (("lrn", "with LRN"), ("no_lrn", "without LRN")):  # the table says what results.json holds
+        assert rows[name][2].strip() == ", ".join(f"{e:.2f}" for e in results[net]["errors"])
+        assert rows[name][3].strip() == f"{sum(results[net]['errors']) / 2:.2f}"
+    difference = sum(results["no_lrn"]["errors"]) / 2 - sum(results["lrn"]["errors"]) / 2
+    assert f"Difference (without - with): {difference:+.2f} points" in table
     # a re-run skips the finished runs and gives the same table
     again = run_cli(*args)
     assert again.returncode == 0 and again.stdout.count("skipped") == 4
@@ -203,6 +209,26 @@ def test_paper_schedule_holds_out_then_folds_in_from_phase1_weights(store32, tmp
     # phase 2 starts where phase 1 ended, not from a fresh init: its first loss is below phase 1's first
     assert f_epochs[0]["train_loss"] < p1_epochs[0]["train_loss"]
     assert len(data["lrn"]["errors"]) == 1
+    # and the weights and velocities a run starting from phase 1 holds are phase 1's last, tensor for tensor,
+    # where a fresh set-up of the same config holds others
+    import torch
+    import yaml
+
+    from alexnet.config import config_from_dict
+    from alexnet.parallel.ddp import DistContext
+    from alexnet.reproduce.lrn_cifar import start_from
+    from alexnet.train import set_up
+
+    last = tmp_path / "paper-lrn-seed0" / "phase1" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    cfg = config_from_dict(yaml.safe_load((tmp_path / "paper-lrn-seed0" / "final" / "config.yaml").read_text()))
+    run = set_up(cfg, store, tmp_path / "fresh", DistContext(device=torch.device("cpu")), progress=False)
+    assert not all(torch.equal(run.model.state_dict()[k], v) for k, v in saved["model"].items())
+    start_from(last)(run)
+    for k, v in saved["model"].items():
+        assert torch.equal(run.model.state_dict()[k], v), k
+    velocities = [run.optimizer.state[p]["velocity"] for p in run.model.parameters()]
+    assert any(v.abs().sum() > 0 for v in velocities)  # phase 1's, not a fresh optimizer's zeros
 
 
 def test_lrn_cifar_shows_each_run_and_the_multiview_test_on_a_terminal(store32, tmp_path):

@@ -89,3 +89,35 @@ def test_readme_parameter_counts_are_the_presets():
     for preset, count in rows.items():
         cfg = build_config(preset)
         assert count_parameters(AlexNet(cfg.model, cfg.data.crop)) == int(count.replace(",", "")), preset
+
+
+class FixedLogits(torch.nn.Module):
+    """A net whose every view of every image gets the same logits: a model with confident, large outputs."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1)
+
+
+def test_models_are_averaged_in_probability_not_in_logits():
+    """Logits where the two averages rank differently, worked by hand:
+    A = [10, 0, 9] -> p = [0.731, 0.000033, 0.269];  B = [0, 10.5, 9] -> p = [0.000022, 0.818, 0.182]
+    mean of p = [0.366, 0.409, 0.226]: class 1.  mean of logits = [5, 5.25, 9]: class 2."""
+    from alexnet.config import DataConfig
+    from alexnet.data.augment import ColourStats
+    from alexnet.evaluate import predict_probs
+
+    a, b = [10.0, 0.0, 9.0], [0.0, 10.5, 9.0]
+    by_hand = (np.exp(a) / np.exp(a).sum() + np.exp(b) / np.exp(b).sum()) / 2
+    assert by_hand.argmax() == 1 and np.mean([a, b], axis=0).argmax() == 2
+    cfg = DataConfig(image_size=8, crop=8)
+    stats = ColourStats.build(torch.zeros(8, 8, 3), torch.eye(3), torch.ones(3), "mean-image", torch.device("cpu"))
+    images = torch.zeros(4, 8, 8, 3, dtype=torch.uint8)
+    for ten_crop in (False, True):
+        probs = predict_probs([FixedLogits(a), FixedLogits(b)], images, cfg, [stats, stats], ten_crop)
+        assert probs.shape == (4, 3)
+        np.testing.assert_allclose(probs.numpy(), np.tile(by_hand, (4, 1)), rtol=1e-5)
+        assert (probs.argmax(1) == 1).all()

@@ -459,3 +459,163 @@ def test_a_damaged_index_cache_is_rebuilt_not_trusted(shapes_store, tmp_path):
     npy.write_bytes(good[:-100])  # truncated
     third = cli(*args)
     assert third.returncode == 0 and "building it again" in third.stderr and npy.read_bytes() == good
+
+
+# ------------------------------------------------- compressed archives cut short, paths of the wrong kind,
+# ------------------------------------------------- environment variables, JSON nested past the recursion limit
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError on this
+
+
+def assert_refused(proc: subprocess.CompletedProcess, expected: str) -> None:
+    assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, expected)
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz"])
+def test_a_compressed_cifar_archive_cut_short_is_refused(tmp_path, suffix):
+    from datagen import make_cifar_archive
+
+    whole = tmp_path / f"cifar{suffix}"
+    make_cifar_archive(whole, cifar_batches(20))
+    data = whole.read_bytes()
+    for fraction in (0.3, 0.9):  # inside the first batch, inside the last one
+        cut = tmp_path / f"cut-{fraction}{suffix}"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        proc = cli("prepare", str(cut), "--out", str(tmp_path / "store"))
+        assert_refused(proc, "is cut short or damaged")
+        assert not (tmp_path / "store").exists() and cut.read_bytes() == data[: int(len(data) * fraction)]
+    assert cli("prepare", str(whole), "--out", str(tmp_path / "store")).returncode == 0  # the whole one prepares
+
+
+def test_an_ilsvrc_devkit_cut_short_is_refused(tmp_path):
+    from datagen import make_devkit
+
+    synsets = [(1, "n01000000", "one", 0), (2, "n02000000", "two", 0)]
+    make_devkit(tmp_path / "devkit.tar.gz", synsets, [1, 2, 1, 2])
+    for n in range(1, 5):
+        (tmp_path / "val").mkdir(exist_ok=True)
+        (tmp_path / "val" / f"ILSVRC2012_val_{n:08d}.JPEG").write_bytes(encode(pattern(8, 8, n), "JPEG"))
+    data = (tmp_path / "devkit.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    proc = cli("prepare", str(tmp_path / "val"), "--devkit", str(tmp_path / "cut.tar.gz"), "--out",
+               str(tmp_path / "store"))
+    assert_refused(proc, "is cut short or damaged")
+    assert not (tmp_path / "store").exists()
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+
+
+def _link(path: Path) -> None:
+    path.symlink_to(path.parent / "elsewhere")
+
+
+def _file(path: Path) -> None:
+    path.write_text("someone's file")
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), [
+    (".lock", _folder, ".lock is a folder, where the run keeps its lock file"),
+    (".lock", _link, ".lock is a symbolic link, where the run keeps its lock file"),
+    (".lock", _fifo, "is not a regular file (a pipe, socket or device), where the run keeps its lock file"),
+    ("checkpoints", _file, "checkpoints is not a folder, where the run keeps its checkpoints"),
+    ("tensorboard", _file, "tensorboard is not a folder, where the run keeps its tensorboard"),
+    ("last.pt", _folder, "last.pt is a folder, where the run writes its last.pt"),
+    ("metrics.jsonl", _link, "metrics.jsonl is a symbolic link, where the run writes its metrics.jsonl"),
+    ("curves.png", _fifo, "curves.png is not a regular file, where the run writes its curves.png"),
+])
+def test_a_path_a_run_creates_that_exists_as_something_else_is_refused(shapes_store, tmp_path, name, make,
+                                                                        expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    make(run / name)
+    before = sorted(p.name for p in run.iterdir())
+    proc = cli("train", "--preset", "demo", "--data", str(shapes_store), "--out", str(run), "--resume", "auto",
+               *[f"{k}={v}" for k, v in SMALL.items()])
+    assert_refused(proc, expected)
+    assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_lock_that_prepare_or_the_cache_creates_existing_as_a_folder_is_refused(tmp_path):
+    folder = write_image_folder(tmp_path / "images", train_per_class=2, val_per_class=1, size=16)
+    out = tmp_path / "store"
+    (out / ".partial.lock").mkdir(parents=True)
+    assert_refused(cli("prepare", str(folder), "--out", str(out)),
+                   ".partial.lock is a folder, where prepare keeps its lock file")
+    assert (out / ".partial.lock").is_dir() and not (out / ".partial").exists()
+    # `train --data FOLDER` prepares into the cache under a lock of its own, beside the store it makes
+    cache = tmp_path / "cache"
+    first = cli("train", "--preset", "demo", "--data", str(folder), "--out", str(tmp_path / "run"),
+                "--cache", str(cache), "--dry-run")
+    assert first.returncode == 0, first.stderr  # a dry run locates, never prepares: nothing in the cache yet
+    from alexnet.prepare.resolve import cached_store_path
+
+    target = cached_store_path(str(folder), cache, build_config("demo").data.image_size)
+    target.parent.mkdir(parents=True)
+    (target.parent / f".{target.name}.lock").mkdir()
+    proc = cli("train", "--preset", "demo", "--data", str(folder), "--out", str(tmp_path / "run"), "--cache",
+               str(cache), "train.max_steps=1")
+    assert_refused(proc, "where the cache keeps its lock file")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(("variable", "value", "command"), [
+    ("ALEXNET_PREPARE_CHUNK", "abc", "prepare"),
+    ("ALEXNET_PREPARE_CHUNK", "0", "prepare"),
+    ("ALEXNET_PREPARE_SAVE_SECONDS", "soon", "prepare"),
+    ("ALEXNET_PREPARE_SAVE_SECONDS", "nan", "prepare"),
+    ("ALEXNET_FAULT_NAN_AT_STEP", "x", "train"),
+    ("ALEXNET_FAULT_KILL_IN_SAVE", "1:never", "train"),
+    ("WORLD_SIZE", "two", "train"),
+    ("LOCAL_RANK", "-1", "train"),
+])
+def test_an_environment_variable_that_does_not_parse_is_one_line_naming_it(shapes_store, tmp_path, variable,
+                                                                           value, command):
+    if command == "prepare":
+        folder = write_image_folder(tmp_path / "images", train_per_class=2, val_per_class=1, size=16)
+        argv = ["prepare", str(folder), "--out", str(tmp_path / "store")]
+    else:
+        argv = ["train", "--preset", "demo", "--data", str(shapes_store), "--out", str(tmp_path / "run"),
+                *[f"{k}={v}" for k, v in SMALL.items()]]
+    proc = cli(*argv, env={variable: value})
+    assert_refused(proc, variable)
+    assert not (tmp_path / "store").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_json_nested_past_the_recursion_limit_is_refused_or_passed_over(shapes_store, tmp_path):
+    # a store's manifest: one line, nothing changed
+    store = tmp_path / "store"
+    _store_copy(shapes_store, store)
+    (store / "manifest.json").write_text(DEEP_JSON)
+    assert_refused(cli("train", "--preset", "demo", "--data", str(store), "--out", str(tmp_path / "r0")),
+                   "manifest.json is unreadable")
+    # a run's metrics.jsonl with such a line: resume passes over it as over a line cut by a crash
+    run = tmp_path / "run"
+    assert train(build_config("demo", overrides=SMALL), str(shapes_store), run, progress=False) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(DEEP_JSON + "\n")
+    (run / "config.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")  # past PyYAML's recursion too
+    resumed = cli("train", "--preset", "demo", "--data", str(shapes_store), "--out", str(run), "--resume", "auto",
+                  *[f"{k}={v}" for k, v in {**SMALL, "train.max_steps": 3}.items()])
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert DEEP_JSON not in (run / "metrics.jsonl").read_text()
+    # an exported file whose metadata says alexnet but whose config is nested past the limit
+    from safetensors.torch import load_file, save_file
+
+    exported = tmp_path / "model.safetensors"
+    assert cli("export", str(run / "last.pt"), "--format", "safetensors", "-o", str(exported)).returncode == 0
+    from safetensors import safe_open
+
+    with safe_open(str(exported), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(str(exported)), str(exported), metadata={**metadata, "config": DEEP_JSON})
+    from alexnet.errors import UserError
+    from alexnet.tools.export import load_safetensors
+
+    with pytest.raises(UserError, match="its metadata or weights are damaged"):
+        load_safetensors(exported)

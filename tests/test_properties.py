@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from alexnet.checkpoint import CheckpointManager, load_checkpoint
 from alexnet.cli import main
-from alexnet.config import all_keys, build_config, load_yaml
+from alexnet.config import PRESETS, _resolve_key, all_keys, build_config, load_yaml
 from alexnet.data.store import open_store
 from alexnet.errors import UserError
 from alexnet.geometry import parameter_estimate
@@ -70,6 +70,45 @@ def test_config_overrides_give_a_buildable_config_or_one_line(preset, anything, 
         assert count_parameters(AlexNet(cfg.model, cfg.data.crop)) == estimate
 
 
+def parameters_by_hand(cfg) -> int:  # noqa: ANN001
+    """The parameter count written out from the layer formulas, towers and local layers included: a conv layer
+    has width x (inputs it sees) x k^2 weights and a bias per map; a layer that sees its own tower only (split,
+    two towers) sees half the maps below; a locally connected layer has its own weights and biases at each
+    output position; the FC layers take the flattened last map. One tower halves every width but the last
+    (the paper's comparison) unless told not to."""
+    m = cfg.model
+    widths = list(m.widths)
+    if m.towers == 1 and m.halve_single_tower:
+        widths = [w // 2 for w in widths[:-1]] + widths[-1:]
+    side, channels, total = cfg.data.crop, 3, 0
+    window, stride = (3, 2) if m.pooling == "overlap" else (2, 2)
+    for i, (w, k, st_, p) in enumerate(zip(widths, m.kernels, m.strides, m.pads)):
+        side = (side + 2 * p - k) // st_ + 1
+        seen = channels // 2 if m.towers == 2 and m.split[i] else channels
+        positions = side * side if m.local and m.local[i] else 1
+        total += positions * (w * seen * k * k + w)
+        channels = w
+        if m.pool_after[i]:
+            side = -(-(side - window) // stride) + 1 if m.pool_ceil else (side - window) // stride + 1
+    flat = channels * (m.adaptive_pool or side) ** 2
+    for width in [*m.fc, m.num_classes]:
+        total += flat * width + width
+        flat = width
+    return total
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("towers", [None, 1])
+def test_every_presets_parameter_count_is_the_formulas(preset, towers):
+    overrides = {} if towers is None else {"model.towers": 1}
+    try:
+        cfg = build_config(preset, overrides=overrides)
+    except UserError:
+        assert towers == 1  # a preset with a layer that cannot be one tower (none does today)
+        return
+    assert count_parameters(AlexNet(cfg.model, cfg.data.crop)) == parameters_by_hand(cfg)
+
+
 yaml_fragments = st.sampled_from([
     "optim:\n", "  lr: ", "model:\n", "  widths: ", "[", "]", "{", "}", ", ", "&a ", "*a ",
     "!!python/object:os.system ", "- ", "lr: ", ".nan", ".inf", "1e-3", "0.01", "true", "~", "'", '"', "\n",
@@ -89,6 +128,14 @@ def test_yaml_files_load_as_a_mapping_or_one_line(tmp_path_factory, parts, encod
         one_line(exc)
         return
     assert isinstance(data, dict) and cfg.preset == "demo"
+    # every value the file gave is the config's now (ints where floats are expected compare equal)
+    for key, value in data.items():
+        if isinstance(value, dict) and key in ("model", "data", "optim", "train"):
+            for name, v in value.items():
+                assert getattr(getattr(cfg, key), name) == v, (key, name)
+        elif key != "preset":
+            section, name = _resolve_key(key).split(".")
+            assert getattr(getattr(cfg, section), name) == value, key
 
 
 flags = st.sampled_from(["--preset", "--config", "--keys", "--json", "--help-me", "-k", "--", "lr=", "model.fc=[",
@@ -101,19 +148,24 @@ commands = st.sampled_from([["config"], ["config", "--keys"], ["summary", "--pre
 @CASES
 @given(commands, st.lists(flags | st.text(max_size=8), max_size=5))
 def test_command_lines_exit_0_or_2_with_one_line(tmp_path_factory, command, extra):
+    home = os.getcwd()
     os.chdir(tmp_path_factory.getbasetemp())
-    before = sorted(os.listdir("."))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main([*command, *extra])
-        except SystemExit as exc:  # argparse: usage errors and --help
-            status = exc.code
+    try:
+        before = sorted(os.listdir("."))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main([*command, *extra])
+            except SystemExit as exc:  # argparse: usage errors and --help
+                status = exc.code
+        after = sorted(os.listdir("."))
+    finally:
+        os.chdir(home)  # the working folder of the tests after this one is theirs again
     assert status in (0, 2), err.getvalue()
     if status == 2:
         lines = err.getvalue().strip().splitlines()
         assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err.getvalue()
-    assert sorted(os.listdir(".")) == before  # nothing written
+    assert after == before  # nothing written
 
 
 @pytest.fixture(scope="module")

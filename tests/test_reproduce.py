@@ -281,3 +281,23 @@ def test_reproductions_show_progress_on_a_terminal_and_not_with_no_progress(stor
     assert "figure1 runs" in shown and "/4 [" in shown and "epoch 1/1" not in shown
     status, _, quiet = run_cli_on_terminal(*fig, "--out", str(tmp_path / "f2"), "--no-progress")
     assert status == 0 and "figure1 runs" not in quiet
+
+
+def test_the_ratio_is_tanhs_epochs_over_relus_and_a_bound_when_tanh_never_got_there():
+    """Curves that cross the target at different epochs, the ratio written out by hand: tanh is the numerator
+    (a ratio taken the other way round would print 0.2 here), and whole epochs and interpolated crossings are
+    each divided by their own kind."""
+    from alexnet.reproduce.figure1 import ratio_line
+
+    relu = Curve("relu", 0.01, [40.0, 30.0, 20.0], [1.0] * 3, *crossing_epoch([40.0, 30.0, 20.0], 25.0))
+    tanh_errors = [80.0, 70.0, 60.0, 50.0, 45.0, 40.0, 35.0, 30.0, 28.0, 26.0, 24.0, 22.0]
+    tanh = Curve("tanh", 0.01, tanh_errors, [1.0] * 12, *crossing_epoch(tanh_errors, 25.0))
+    assert (relu.epochs_to_target, relu.crossing) == (3, 2.5)
+    assert (tanh.epochs_to_target, tanh.crossing) == (11, 10.5)
+    line = ratio_line(relu, tanh, 25.0)
+    assert line == f"ratio tanh/ReLU: {11 / 3:.1f} in whole epochs, {10.5 / 2.5:.1f} interpolated (paper: 6)"
+    assert line.startswith("ratio tanh/ReLU: 3.7 in whole epochs, 4.2 interpolated")
+    # tanh still above the target after its 12 epochs: a lower bound of 12 / 3
+    slow = Curve("tanh", 0.01, [50.0] * 12, [1.0] * 12, None, None)
+    assert ratio_line(relu, slow, 25.0) == ("ratio tanh/ReLU > 4.0 (tanh did not reach 25% in 12 epochs; "
+                                           "paper: 6)")

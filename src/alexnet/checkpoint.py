@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from alexnet import faults
 from alexnet.errors import UserError
-from alexnet.files import atomic_path, file_mode, try_lock
+from alexnet.files import atomic_path, open_lock_file, try_lock
 
 FORMAT = "alexnet-checkpoint/1"
 _NUMBERED = re.compile(r"^step-(\d+)\.pt$")
@@ -65,7 +66,7 @@ def lock_run_dir(run_dir: Path) -> int | None:
     Two processes training into one run directory would interleave their checkpoints; the second is refused.
     Where the file system cannot lock, None: no protection, but no refusal either (files.try_lock).
     """
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, file_mode())
+    fd = open_lock_file(run_dir / ".lock", "the run")
     held = try_lock(fd, wait=False)
     if held is False:
         os.close(fd)
@@ -213,9 +214,12 @@ def check_contents(ckpt: dict[str, Any], path: str | Path) -> None:
             raise bad("'schedule' is not a schedule state")
         run = ckpt.get("run")
         ints = ("epoch", "step_in_epoch", "global_step", "nonfinite_in_row", "nonfinite_skipped")
-        if not (isinstance(run, dict) and set(run) == set(ints) | {"best_error", "epoch_sums"}
+        required = set(ints) | {"best_error", "epoch_sums"}
+        # elapsed_s (budgets) came later: a checkpoint without it is an older one, not a damaged one
+        if not (isinstance(run, dict) and required <= set(run) <= required | {"elapsed_s"}
                 and all(isinstance(run[k], int) and not isinstance(run[k], bool) and run[k] >= 0 for k in ints)
                 and isinstance(run["best_error"], (int, float))
+                and isinstance(run.get("elapsed_s", 0.0), (int, float)) and run.get("elapsed_s", 0.0) >= 0
                 and isinstance(run["epoch_sums"], list) and len(run["epoch_sums"]) == 3):
             raise bad("'run' is not a run state (epoch, step, sums)")
     recorded = ckpt.get("checksum")
@@ -305,3 +309,33 @@ class CheckpointManager:
             raise UserError(f"none of the {len(candidates)} checkpoints in {self.run_dir} can be read: resume from "
                             "a good copy with --resume PATH or start a new --out")
         return None
+
+
+def saved_train_settings(run_dir: Path, resume: str | None) -> dict[str, Any] | None:
+    """The train section of the config of the run being resumed (what it chose for `auto` settings), or None:
+    from the run folder's config.yaml, or the checkpoint's own config for --resume PATH. A config.yaml that does
+    not read (damaged, nested past the parser's limit) gives None: `auto` is then decided anew."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = run_dir / "config.yaml"
+        try:
+            data = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+            return None
+    else:
+        data = load_checkpoint(resume, torch.device("cpu")).get("config")
+    train = data.get("train") if isinstance(data, dict) else None
+    return train if isinstance(train, dict) else None
+
+
+def require_same_classes(saved: list[str], data: list[str]) -> None:
+    """A resumed run must see the classes it was trained on, in the same order: output k of the net means
+    class k of the checkpoint, and training on other data would silently give it another meaning."""
+    if saved == data:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(saved, data)) if a != b), min(len(saved), len(data)))
+    where = (f"class {first} is '{saved[first]}' in the checkpoint but '{data[first]}' in the data"
+             if first < min(len(saved), len(data)) else "one list continues where the other ends")
+    raise UserError(f"the checkpoint was trained on {len(saved)} classes, the data has {len(data)} and they differ "
+                    f"({where}): resume on the run's own data, or start a new --out")

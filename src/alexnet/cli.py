@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning. On a CPU shared with other work the spinning threads took
-    # the cores the working ones needed: the paper preset's training step ran 1.6x slower (benchmarks/bench_step.py).
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work spinning threads take the
+    # cores the working ones need (docs/PERFORMANCE.md, "Design measurements").
     # Read once, when torch loads (commands import it in run), so set here; a value the user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()

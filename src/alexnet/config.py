@@ -7,7 +7,6 @@ with the run (config.yaml) so that it can be rebuilt exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
@@ -113,10 +112,15 @@ class TrainConfig:
     """How a run is executed: devices, precision, logging, checkpoints."""
 
     epochs: int = 90  # passes over the training split at most
+    # wall-clock budget of training with its validation, in seconds (0: none; `--budget 30m`): train.epochs is
+    # then chosen to fit it from timed steps, checked after every epoch, and written into the run's config
+    budget_s: float = 0.0
     seed: int = 0  # every random draw (init, order, augmentation, dropout) follows from it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto (on: it wins on CPU and GPU) | on | off
+    # auto: bf16 on CUDA and on CPUs with bf16 arithmetic (AVX-512 BF16, AMX, ARM BF16), fp32 on others | fp32 | bf16
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: on for CUDA and the CPU (faster on every CPU kind measured, docs/PERFORMANCE.md) | on | off
+    channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch (0: torch's default, one per core; -1: the cores idle at start)
     keep_freed_memory: bool = True  # reuse freed host memory instead of unmapping it (glibc; alexnet.runtime)
@@ -365,7 +369,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights before gradients and velocities: surely a typo
 
 
-def validate(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
     """Ranges and consistency that types alone do not catch."""
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     n = len(m.widths)
@@ -408,6 +412,7 @@ def validate(cfg: Config) -> None:
         (0.0 < o.factor < 1.0, "optim.factor must be in (0, 1)"),
         (0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing must be in [0, 1)"),
         (t.epochs > 0, "train.epochs must be positive"),
+        (t.budget_s >= 0, "train.budget_s must be >= 0 (0: no budget)"),
         (t.log_every > 0, "train.log_every must be positive"),
         (t.keep_last >= 1, "train.keep_last must be at least 1"),
         (t.checkpoint_every >= 0 and t.max_steps >= 0, "train.checkpoint_every and max_steps must be >= 0"),
@@ -448,7 +453,7 @@ def build_config(
     if yaml_path is not None:
         apply_overrides(cfg, load_yaml(yaml_path))
     apply_overrides(cfg, overrides or {})
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -456,14 +461,5 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config saved by to_dict() (config.yaml, checkpoints)."""
     cfg = Config(preset=data.get("preset", "paper"))
     apply_overrides(cfg, {k: v for k, v in data.items() if k in _SECTIONS})
-    validate(cfg)
+    check_config(cfg)
     return cfg
-
-
-def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def replace(cfg: Config, **sections: Any) -> Config:
-    """A copy with whole sections swapped (tests, reproduce runs)."""
-    return dataclasses.replace(cfg, **sections)

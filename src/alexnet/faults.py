@@ -23,6 +23,7 @@ import os
 import signal
 from typing import BinaryIO
 
+from alexnet.environment import env_int
 from alexnet.errors import UserError
 
 NAN_AT_STEP = "ALEXNET_FAULT_NAN_AT_STEP"
@@ -43,13 +44,15 @@ def _kill_plan() -> tuple[int, str] | None:
     if not value:
         return None
     count, _, when = value.partition(":")
-    if not count.strip().isdigit():
-        raise UserError(f"{KILL_IN_SAVE}={value!r}: give K or K:WHEN with K a whole number (a test hook)")
+    if not count.strip().isdigit() or when not in ("", "write", "replace", "link"):
+        raise UserError(f"{KILL_IN_SAVE}={value!r}: give K or K:WHEN with K a whole number and WHEN one of write, "
+                        "replace, link (a test hook)")
     return int(count), when or "write"
 
 
 def check_environment() -> None:
     """Parse the hooks that are set before a run writes anything: a malformed one is an error up front."""
+    env_int(NAN_AT_STEP, 0, 1)
     _kill_plan()
     name = os.environ.get(SAVE_ERRNO)
     if name and not isinstance(getattr(errno, name, None), int):

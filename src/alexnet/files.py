@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import lzma
 import os
+import stat
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -25,6 +30,25 @@ except ImportError:  # not POSIX (Windows): no advisory locks; see try_lock
     fcntl = None  # type: ignore[assignment]
 
 from alexnet.errors import UserError
+
+# what Python's decompressors raise for a stream that ends early or is damaged (gzip/zlib, bzip2, xz): tarfile lets
+# them through, so every reader of a compressed archive catches these beside tarfile.TarError and OSError
+COMPRESSED_STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, lzma.LZMAError)
+
+
+def cut_short(path: str | Path, exc: BaseException) -> UserError:
+    """The one-line error for a compressed archive whose stream ends early or is damaged."""
+    return UserError(f"{path} is cut short or damaged ({exc}): its compressed stream ends before its end marker; "
+                     "download or copy it again")
+
+
+def loads_json(text: str | bytes) -> Any:
+    """json.loads, with a document nested deeper than Python's recursion limit (a crafted or damaged file) raised
+    as the ValueError of any other malformed JSON, which every reader of a file already turns into its message."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested deeper than it can be read") from None
 
 
 def figure_suffixes() -> tuple[str, ...]:
@@ -127,6 +151,25 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Write a whole file (a manifest, config.yaml, metrics.jsonl) so that it is never seen half-written."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def open_lock_file(path: Path, owner: str) -> int:
+    """A descriptor of the lock file `path`, created when missing. A lock file is the command's own: a folder, a
+    symbolic link (which would make it create or lock a file elsewhere) or any other non-regular file in its
+    place is refused in one line, naming it; `owner` says whose lock it is ("the run", "prepare")."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                     file_mode())
+    except OSError as exc:
+        if os.path.islink(path) or os.path.isdir(path):
+            kind = "a symbolic link" if os.path.islink(path) else "a folder"
+            raise UserError(f"{path} is {kind}, where {owner} keeps its lock file: remove it and run again") from None
+        raise UserError(f"cannot create {owner}'s lock file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file (a pipe, socket or device), where {owner} keeps its lock "
+                        "file: remove it and run again")
+    return fd
 
 
 def try_lock(fd: int, wait: bool) -> bool | None:

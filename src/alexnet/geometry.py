@@ -6,13 +6,29 @@ cannot be built before anything is allocated).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from alexnet.config import ModelConfig
+from typing import Protocol
 
 
-def pool_geometry(cfg: ModelConfig) -> tuple[int, int]:
+class NetShape(Protocol):
+    """The fields of the model config (config.ModelConfig) that the sizes follow from. A protocol, so that this
+    module stays below the config, which uses it to check a net before building it."""
+
+    widths: list[int]
+    kernels: list[int]
+    strides: list[int]
+    pads: list[int]
+    pool_after: list[bool]
+    pool_ceil: bool
+    pooling: str
+    local: list[bool]
+    towers: int
+    halve_single_tower: bool
+    adaptive_pool: int
+    fc: list[int]
+    num_classes: int
+
+
+def pool_geometry(cfg: NetShape) -> tuple[int, int]:
     """(window, stride): overlapping 3/2 as the paper, or the 2/2 of its ablation."""
     return (3, 2) if cfg.pooling == "overlap" else (2, 2)
 
@@ -25,7 +41,7 @@ def pooled_size(side: int, window: int, stride: int, ceil: bool) -> int:
     return (side - window) // stride + 1
 
 
-def layer_sizes(cfg: ModelConfig, input_size: int) -> list[int]:
+def layer_sizes(cfg: NetShape, input_size: int) -> list[int]:
     """Side of each conv layer's output (before its pooling) for a square input, from the layer formulas;
     ValueError when the input is too small for the layers."""
     sides = []
@@ -43,7 +59,7 @@ def layer_sizes(cfg: ModelConfig, input_size: int) -> list[int]:
     return sides
 
 
-def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
+def feature_map_size(cfg: NetShape, input_size: int) -> int:
     """Side of the last conv block's output for a square input, from the layer formulas."""
     side = layer_sizes(cfg, input_size)[-1]
     if cfg.pool_after[-1]:
@@ -52,7 +68,7 @@ def feature_map_size(cfg: ModelConfig, input_size: int) -> int:
     return side
 
 
-def parameter_estimate(cfg: ModelConfig, input_size: int) -> int:
+def parameter_estimate(cfg: NetShape, input_size: int) -> int:
     """About how many parameters the net has (exactly, without towers or local layers): to refuse a config
     that would exhaust memory before building it."""
     widths = [w // 2 for w in cfg.widths[:-1]] + [cfg.widths[-1]] if cfg.towers == 1 and cfg.halve_single_tower \

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.config import OptimConfig
+from alexnet.config import Config, OptimConfig
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -183,3 +183,19 @@ class Schedule:
         self.drops_done = int(state["drops_done"])
         self.should_stop = bool(state["should_stop"])
         self.history = list(state["history"])
+
+
+def lr_scale(cfg: Config) -> float:
+    """Large-batch mode (optim.lr_scaling=linear): the paper's rates are for batches of 128, and a batch k
+    times larger takes k times the rate (Goyal et al. 2017), best reached by a linear warm-up."""
+    return cfg.optim.batch_size / 128 if cfg.optim.lr_scaling == "linear" else 1.0
+
+
+def large_batch_note(cfg: Config, scale: float) -> str:
+    """The log line saying how the rates were scaled ('' when they were not)."""
+    if cfg.optim.lr_scaling != "linear":
+        return ""
+    o = cfg.optim
+    warm = (f"linear warm-up over {o.warmup_epochs:g} epochs" if o.warmup_epochs > 0 else
+            "no warm-up (optim.warmup_epochs=0; large scaled rates can diverge early: consider 5)")
+    return f"large-batch mode: lr {o.lr:g} x {o.batch_size}/128 = {o.lr * scale:g}, {warm}"

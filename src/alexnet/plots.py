@@ -3,13 +3,14 @@ predictions and fc7 nearest neighbours (the paper's Figure 4, left and right).""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from alexnet.files import loads_json
 
 
 def _pyplot():
@@ -42,11 +43,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if rec.get("kind") == "epoch":
-                by_epoch[int(rec["epoch"])] = rec
+                rec = loads_json(line)
+                if rec.get("kind") == "epoch":
+                    by_epoch[int(rec["epoch"])] = rec
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # a line cut by a crash, or not a record of ours
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

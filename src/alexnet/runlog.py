@@ -19,7 +19,7 @@ import yaml
 from alexnet.checkpoint import lock_run_dir
 from alexnet.config import Config
 from alexnet.errors import UserError
-from alexnet.files import atomic_write
+from alexnet.files import atomic_write, loads_json
 
 
 def prepare_run_dir(run_dir: Path, resume: str | None) -> None:
@@ -32,6 +32,20 @@ def prepare_run_dir(run_dir: Path, resume: str | None) -> None:
     existing = run_dir.is_dir() and any((run_dir / n).exists() for n in ("config.yaml", "last.pt", "checkpoints"))
     if existing and not resume:
         raise UserError(f"{run_dir} already holds a run: continue it with --resume auto or choose another --out")
+    for name, folder in RUN_PATHS.items():  # the run's own paths, refused when something else stands there
+        path = run_dir / name
+        if not os.path.lexists(path):
+            continue
+        if folder and (path.is_symlink() or not path.is_dir()):
+            raise UserError(f"{path} is not a folder, where the run keeps its {name}: move it away and run again")
+        if not folder and (path.is_symlink() or not path.is_file()):
+            what = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+            raise UserError(f"{path} is {what}, where the run writes its {name}: move it away and run again")
+
+
+# what a run folder holds: name -> whether it is a folder
+RUN_PATHS = {"checkpoints": True, "tensorboard": True, "config.yaml": False, "metrics.jsonl": False,
+             "last.pt": False, "best.pt": False, "curves.png": False}
 
 
 def epoch_line(r: dict[str, Any], epochs: int) -> str:
@@ -174,7 +188,7 @@ class RunLog:
         kept, dropped = [], 0
         for line in path.read_text().splitlines():
             try:
-                record = json.loads(line)
+                record = loads_json(line)
                 keep = (record["epoch"] < epoch if record.get("kind") == "epoch"
                         else record.get("step", 0) <= global_step)
             except (ValueError, KeyError, TypeError, AttributeError):

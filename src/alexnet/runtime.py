@@ -1,5 +1,6 @@
 """The process's runtime, set once when a command starts: device, precision, memory layout, CPU threads,
-host memory. Nothing in the model or the training loop changes these.
+host memory (the CPU-dependent choices of `auto`: alexnet.hardware). Nothing in the model or the training loop
+changes these.
 
 Threads: `train.threads=-1` takes the cores idle when training starts (counted from /proc/stat over a short
 window: the load average trails the last minute, so a process that has just ended would still count). On a
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from alexnet.errors import UserError
+from alexnet.hardware import CpuFeatures, auto_channels_last, auto_precision, detect, emulated_bf16_warning
 
 if TYPE_CHECKING:
     from alexnet.config import Config
@@ -140,19 +142,65 @@ def _mallopt():  # -> ctypes function or None
     return function
 
 
+def resolved_precision(cfg: Config, device: torch.device) -> str:
+    """train.precision with `auto` decided for this device (alexnet.hardware.auto_precision)."""
+    value = cfg.train.precision
+    return auto_precision(device) if value == "auto" else value
+
+
+def resolved_channels_last(cfg: Config, device: torch.device) -> str:
+    """train.channels_last with `auto` decided for this device (alexnet.hardware.auto_channels_last)."""
+    value = cfg.train.channels_last
+    return auto_channels_last(device) if value == "auto" else value
+
+
+# what `auto` meant before it followed the CPU's features: a run saved then resumes as it ran
+_LEGACY_AUTO = {"precision": {"cuda": "bf16", "cpu": "fp32"}, "channels_last": {"cuda": "on", "cpu": "on"}}
+
+
+def settle_auto(cfg: Config, device: torch.device, features: CpuFeatures | None = None,
+                saved: dict | None = None) -> list[str]:
+    """Write the choices for `auto` precision and layout into the config, so that config.yaml and every
+    checkpoint say what ran; the lines to print: the choice, and a warning for bf16 asked for on a CPU that only
+    emulates it. `saved`: the train section of the config of a run being resumed, whose choices are kept, so a
+    resume on another machine repeats the run's arithmetic."""
+    t = cfg.train
+    f = features or detect()
+    said = []
+    kept = []
+    for key, pick in (("precision", auto_precision), ("channels_last", auto_channels_last)):
+        if getattr(t, key) != "auto":
+            continue
+        before = (saved or {}).get(key)
+        if before == "auto":
+            before = _LEGACY_AUTO[key].get(device.type)
+        if before in ("fp32", "bf16", "on", "off"):
+            setattr(t, key, before)
+            kept.append(key)
+        else:
+            setattr(t, key, pick(device, f))
+    if kept:
+        said.append(f"resumed with the run's own {' and '.join(kept)}: precision {t.precision}, channels_last "
+                    f"{t.channels_last}")
+    else:
+        where = f"CPU ({f.kind})" if device.type == "cpu" else str(device)
+        said.append(f"settings for the {where}: precision {t.precision}, channels_last {t.channels_last}")
+    warning = emulated_bf16_warning(t.precision, device, f)
+    if warning:
+        said.append(warning)
+    return said
+
+
 def precision_context(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """autocast to bfloat16 (train.precision=bf16, or auto on CUDA), else nothing."""
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
+    """autocast to bfloat16 where the precision (decided for the device when `auto`) is bf16, else nothing."""
+    if resolved_precision(cfg, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    """auto: on for CUDA and the CPU alike (it wins on both: docs/PERFORMANCE.md)."""
-    return cfg.train.channels_last in ("auto", "on")
+    """channels_last memory for the model and its input (decided for the device when `auto`)."""
+    return resolved_channels_last(cfg, device) == "on"
 
 
 def set_up_cpu(cfg: Config) -> None:

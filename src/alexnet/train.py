@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet import faults
-from alexnet.checkpoint import CheckpointManager, load_checkpoint
+from alexnet.budget import plan_budget, replan_budget
+from alexnet.checkpoint import CheckpointManager, load_checkpoint, require_same_classes, saved_train_settings
 from alexnet.config import Config
 from alexnet.data.augment import ColourStats, augment_train
 from alexnet.data.loader import Batch, BatchLoader
@@ -43,7 +44,7 @@ from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
 from alexnet.meters import EpochMeter
 from alexnet.model import AlexNet
-from alexnet.optim import Schedule, build_optimizer, set_lr
+from alexnet.optim import Schedule, build_optimizer, large_batch_note, lr_scale, set_lr
 from alexnet.parallel.ddp import (
     DistContext,
     StopFlag,
@@ -56,7 +57,7 @@ from alexnet.parallel.ddp import (
 )
 from alexnet.parallel.towers import TwoTowerAlexNet, grouped_optimizer_state, load_grouped_optimizer_state
 from alexnet.runlog import RunLog, epoch_line, prepare_run_dir
-from alexnet.runtime import precision_context, set_up_cpu, use_channels_last
+from alexnet.runtime import precision_context, set_up_cpu, settle_auto, use_channels_last
 
 EXIT_SIGTERM, EXIT_SIGINT = 143, 130
 MAX_FAILED_SAVES = 3  # checkpoint saves failing in a row (disk full, no permission) before the run stops
@@ -72,6 +73,7 @@ class RunState:
     best_error: float = math.inf
     nonfinite_in_row: int = 0
     nonfinite_skipped: int = 0
+    elapsed_s: float = 0.0  # wall-clock seconds of this run up to the checkpoint, over every process (budgets)
     # running sums of the epoch in progress: loss, correct, samples (for the epoch's training error)
     epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
@@ -106,13 +108,21 @@ class Run:
     saved_this_process: bool = False
     # called with (run, record) after each epoch, before its checkpoint (reproduce's early stops)
     after_epoch: list[Callable[[Run, dict[str, Any]], None]] = field(default_factory=list)
+    epoch_times: list[float] = field(default_factory=list)  # seconds of each epoch this process ran (budgets)
+    notes: list[str] = field(default_factory=list)  # lines to print once the log is open (the auto settings)
+    started: float = field(default_factory=time.perf_counter)  # when this process began the run (budgets)
+    elapsed_at_start: float = 0.0  # the run's elapsed_s when this process took it over
 
 
 def set_up(cfg: Config, store: Any, run_dir: Path, ctx: DistContext, progress: bool = True,
-           towers: list[torch.device] | None = None) -> Run:
-    """Model, optimizer, schedule, loaders and logs of a run; nothing is written yet."""
+           towers: list[torch.device] | None = None, saved: dict[str, Any] | None = None) -> Run:
+    """Model, optimizer, schedule, loaders and logs of a run; nothing is written yet. `saved`: the train section
+    of the config of the run being resumed, whose choices for `auto` settings are kept."""
     device = towers[0] if towers else ctx.device
+    notes = settle_auto(cfg, device, saved=saved)
     set_up_cpu(cfg)
+    if device.type == "cpu" and notes:
+        notes[0] += f", {torch.get_num_threads()} threads"
     torch.manual_seed(cfg.train.seed)  # the initial weights
     grouped = AlexNet(cfg.model, cfg.data.crop)
     model = TwoTowerAlexNet.from_grouped(grouped, towers) if towers else grouped.to(device)
@@ -130,7 +140,7 @@ def set_up(cfg: Config, store: Any, run_dir: Path, ctx: DistContext, progress: b
     return Run(cfg, store, ctx, device, model, net, build_optimizer(model, cfg.optim, scale),
                Schedule(cfg.optim, cfg.optim.lr * scale, cfg.train.epochs), stats, precision_context(cfg, device),
                train_loader, val_loader, CheckpointManager(run_dir, cfg.train.keep_last), RunLog(run_dir, ctx.is_main),
-               progress and ctx.is_main and sys.stderr.isatty())
+               progress and ctx.is_main and sys.stderr.isatty(), notes=notes)
 
 
 def fit(run: Run, resume: str | None) -> int:
@@ -139,7 +149,15 @@ def fit(run: Run, resume: str | None) -> int:
     if resume:
         _resume(run, resume)
     st = run.state  # after _resume, which replaces it
+    run.elapsed_at_start = st.elapsed_s
+    if cfg.train.budget_s and run.resumed_step is None:  # before config.yaml is written: it holds the count
+        n_val = run.val_loader.n if run.val_loader is not None else 0
+        run.notes.append(plan_budget(cfg, run.model, run.store, run.device, run.stats,
+                                     run.train_loader.steps_per_epoch(), n_val, run.started))
+        run.schedule.epochs = cfg.train.epochs
     log.open(cfg, None if run.resumed_step is None else (st.epoch, st.global_step))
+    for line in run.notes:
+        log.say(line)
     note = large_batch_note(cfg, lr_scale(cfg))
     if note:
         log.say(note)
@@ -155,9 +173,17 @@ def fit(run: Run, resume: str | None) -> int:
                 saved = save(run)
                 return _stopped_by_signal(run, saved) if outcome == "signal" else 0
             record = _epoch_record(run, epoch, time.perf_counter() - start)
-            val = validate(run)
+            val = validation_pass(run)
             if val is not None:
                 record.update({f"val_{k}": v for k, v in val.items()})
+            st.elapsed_s = run.elapsed_at_start + time.perf_counter() - run.started
+            if cfg.train.budget_s:
+                record["elapsed_s"] = st.elapsed_s
+                run.epoch_times.append(time.perf_counter() - start)
+                note = replan_budget(cfg, run.epoch_times, st.elapsed_s, epoch + 1, run.device)
+                if note:
+                    log.say(note)
+                    run.schedule.epochs = cfg.train.epochs
             # the schedule follows the validation error, or the training error when there is no val split
             error = val["top1_error"] if val is not None else record["train_top1_error"]
             is_best = val is None or error < st.best_error
@@ -258,7 +284,8 @@ def train_step(run: Run, batch: Batch, epoch: int, lr: float) -> tuple[torch.Ten
     return loss, logits, bad
 
 
-def validate(run: Run) -> dict[str, float] | None:
+def validation_pass(run: Run) -> dict[str, float] | None:
+    """Errors on the validation split (None without one): the end of each epoch."""
     if run.val_loader is None:
         return None
     return evaluate([run.net], run.val_loader, run.cfg.data, [run.stats], run.cfg.train.eval_ten_crop,
@@ -315,6 +342,9 @@ def load_state_dict(run: Run, ckpt: dict[str, Any]) -> None:
     load_weights(run, ckpt)
     run.schedule.load_state_dict(ckpt["schedule"])
     run.state = RunState(**ckpt["run"])
+    if run.cfg.train.budget_s:  # the epoch count the run had chosen for its budget, with the time it has spent
+        saved_epochs = int(ckpt["config"].get("train", {}).get("epochs", run.cfg.train.epochs))
+        run.cfg.train.epochs = run.schedule.epochs = saved_epochs
 
 
 def load_weights(run: Run, ckpt: dict[str, Any]) -> None:
@@ -327,18 +357,6 @@ def load_weights(run: Run, ckpt: dict[str, Any]) -> None:
     load_grouped_optimizer_state(run.model, run.optimizer, ckpt["optimizer"])
 
 
-def require_same_classes(saved: list[str], data: list[str]) -> None:
-    """A resumed run must see the classes it was trained on, in the same order: output k of the net means
-    class k of the checkpoint, and training on other data would silently give it another meaning."""
-    if saved == data:
-        return
-    first = next((i for i, (a, b) in enumerate(zip(saved, data)) if a != b), min(len(saved), len(data)))
-    where = (f"class {first} is '{saved[first]}' in the checkpoint but '{data[first]}' in the data"
-             if first < min(len(saved), len(data)) else "one list continues where the other ends")
-    raise UserError(f"the checkpoint was trained on {len(saved)} classes, the data has {len(data)} and they differ "
-                    f"({where}): resume on the run's own data, or start a new --out")
-
-
 def train(cfg: Config, data: str | Path | Store, run_dir: str | Path, resume: str | None = None,
           progress: bool = True, towers: list[torch.device] | None = None) -> int:
     """The `alexnet train` entry point: processes, run directory, the store, then fit.
@@ -347,6 +365,7 @@ def train(cfg: Config, data: str | Path | Store, run_dir: str | Path, resume: st
     devices for the paper's model parallelism (one process). Under torchrun a restarted worker
     (TORCHELASTIC_RESTART_COUNT > 0) of the job that started this run resumes it (--resume auto).
     """
+    started = time.perf_counter()  # a budget counts from here
     run_dir = Path(run_dir)
     faults.check_environment()
     ctx = init_distributed(cfg.train.device)
@@ -362,7 +381,10 @@ def train(cfg: Config, data: str | Path | Store, run_dir: str | Path, resume: st
         store = data if isinstance(data, Store) else open_store(data)
         store.verify()
         adapt_to_store(cfg, store)
-        status = fit(set_up(cfg, store, run_dir, ctx, progress, towers), resume)
+        saved = saved_train_settings(run_dir, resume)
+        run = set_up(cfg, store, run_dir, ctx, progress, towers, saved)
+        run.started = started
+        status = fit(run, resume)
         # every rank done before any tears down: gloo aborts a process whose peer closed its connections
         # while it was still finishing ("terminate called without an active exception")
         barrier()
@@ -387,22 +409,6 @@ def adapt_to_store(cfg: Config, store: Any) -> None:
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """Seed of torch's generator (dropout) for one step of one rank: a pure function of its position."""
     return (((seed * 1_000_003 + epoch) * 1_000_033 + step) * 1_009 + rank) & 0x7FFF_FFFF_FFFF
-
-
-def lr_scale(cfg: Config) -> float:
-    """Large-batch mode (optim.lr_scaling=linear): the paper's rates are for batches of 128, and a batch k
-    times larger takes k times the rate (Goyal et al. 2017), best reached by a linear warm-up."""
-    return cfg.optim.batch_size / 128 if cfg.optim.lr_scaling == "linear" else 1.0
-
-
-def large_batch_note(cfg: Config, scale: float) -> str:
-    """The log line saying how the rates were scaled ('' when they were not)."""
-    if cfg.optim.lr_scaling != "linear":
-        return ""
-    o = cfg.optim
-    warm = (f"linear warm-up over {o.warmup_epochs:g} epochs" if o.warmup_epochs > 0 else
-            "no warm-up (optim.warmup_epochs=0; large scaled rates can diverge early: consider 5)")
-    return f"large-batch mode: lr {o.lr:g} x {o.batch_size}/128 = {o.lr * scale:g}, {warm}"
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -30,9 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.config import build_config, parse_assignments
     from alexnet.errors import UserError
-    from alexnet.plots import plot_kernels
-    from alexnet.prepare.synthetic import CLASSES, write_image_folder
-    from alexnet.prepare.writer import prepare
+    from alexnet.prepare.synthetic import CLASSES
+    from alexnet.tools.demo import evaluate_run, make_data
     from alexnet.train import train
 
     out: Path = args.out
@@ -52,38 +51,23 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
     print(f"[1/4] generating {len(CLASSES)} classes of shape images (generated, not real photographs) "
-          f"in {out / 'images'}", flush=True)
-    write_image_folder(out / "images", args.train_per_class, args.val_per_class)
-    print(f"[2/4] preparing them into a store at {out / 'store'}", flush=True)
-    prepare(out / "images", out / "store", size=cfg.data.image_size, progress=False)
+          f"in {out / 'images'}, [2/4] preparing them into a store at {out / 'store'}", flush=True)
+    store = make_data(out, args.train_per_class, args.val_per_class, cfg.data.image_size)
     print(f"[3/4] training the `demo` preset (two towers, LRN, overlapping pooling, dropout, PCA colour "
           f"noise, the paper's SGD) for {cfg.train.epochs} epochs", flush=True)
     run_dir = out / "run"
-    status = train(cfg, str(out / "store"), run_dir, progress=not args.no_progress)
+    status = train(cfg, str(store), run_dir, progress=not args.no_progress)
     if status:
         return status
 
     print("[4/4] evaluating the best checkpoint with ten crops", flush=True)
-    import torch
-
-    from alexnet.data.loader import BatchLoader
-    from alexnet.data.store import open_store
-    from alexnet.evaluate import evaluate
-    from alexnet.tools.inference import load_model
-
-    model, mcfg, info = load_model(run_dir / "best.pt")
-    store = open_store(out / "store")
-    val = store.split("val")
-    result = evaluate([model], BatchLoader(val.images, val.labels, 128, torch.device("cpu")), mcfg.data,
-                      [info.stats(mcfg, torch.device("cpu"))], ten_crop=True,
-                      progress=not args.no_progress and sys.stderr.isatty())
-    chance = 100 * (1 - 1 / len(info.classes))
-    kernels = plot_kernels(model.features[0].weight.detach().numpy(), mcfg.model.towers, run_dir / "kernels.png")
+    result = evaluate_run(run_dir, store, progress=not args.no_progress and sys.stderr.isatty())
     minutes = (time.perf_counter() - start) / 60
     print()
     print(f"ten-crop validation error on {result['images']} generated images: top-1 {result['top1_error']:.2f}%  "
-          f"top-5 {result['top5_error']:.2f}%  (chance: top-1 {chance:.0f}%)  in {minutes:.1f} min")
-    print(f"conv1 kernels:   {kernels}")
+          f"top-5 {result['top5_error']:.2f}%  (chance: top-1 {result['chance_top1_error']:.0f}%)  "
+          f"in {minutes:.1f} min")
+    print(f"conv1 kernels:   {result['kernels']}")
     print(f"training curves: {run_dir / 'curves.png'}")
     print(f"metrics:         {run_dir / 'metrics.jsonl'}   (TensorBoard: tensorboard --logdir {run_dir})")
     print("next steps:")

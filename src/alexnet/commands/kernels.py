@@ -15,6 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, default=Path("kernels.png"),
                    help="image file: .png, .pdf, .svg, ... (default kernels.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o")
+    p.add_argument("--colour", action="store_true",
+                   help="also print each tower's colour share: how much of each kernel's energy lies in the "
+                        "differences between R, G and B rather than in their mean (0 grey, 1 pure colour)")
+    p.add_argument("--json", action="store_true", help="with --colour: the figure's path and the shares as JSON")
     p.set_defaults(func=run)
 
 
@@ -29,5 +33,21 @@ def run(args: argparse.Namespace) -> int:
     weight = model.features[0].weight.detach().cpu().numpy()
     if weight.shape[1] != 3:
         raise UserError(f"conv1 of {args.checkpoint} takes {weight.shape[1]} channels, not RGB: nothing to draw")
-    print(plot_kernels(weight, cfg.model.towers, args.out))
+    path = plot_kernels(weight, cfg.model.towers, args.out)
+    if not args.colour:
+        print(path)
+        return 0
+    from alexnet.tools.kernels import colour_report
+
+    report = colour_report(weight, cfg.model.towers)
+    if args.json:
+        import json
+
+        print(json.dumps({"figure": str(path), "towers": report}))
+        return 0
+    print(path)
+    print("colour share of the conv1 kernels (0: grey, 1: pure colour)")
+    for r in report:
+        print(f"  tower {r['tower']}: {r['kernels']} kernels, mean {r['mean']:.2f}, quartiles {r['q25']:.2f} / "
+              f"{r['median']:.2f} / {r['q75']:.2f}, mostly colour (> 0.5): {r['mostly_colour']}")
     return 0

@@ -36,16 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import numpy as np
-    import torch
-
     from alexnet.errors import UserError
     from alexnet.files import default_cache_dir
     from alexnet.prepare.resolve import resolve_data
     from alexnet.runtime import pick_device
     from alexnet.tools.inference import load_model
     from alexnet.tools.predict import decode
-    from alexnet.tools.retrieve import build_or_load_index, embed_images, nearest, parse_store_query
+    from alexnet.tools.retrieve import panel_rows, parse_store_query, search
 
     if args.k < 1 or args.batch_size < 1:
         raise UserError("-k and --batch-size must be positive")
@@ -70,49 +67,26 @@ def run(args: argparse.Namespace) -> int:
             decoded[q] = decode(Path(q), cfg.data.image_size)
     cache_dir = args.index_cache or args.checkpoint.parent / "fc7-index"
     progress = not args.no_progress and sys.stderr.isatty()
-    index = build_or_load_index(model, cfg, info, store, args.split, cache_dir, device, args.batch_size, progress)
-    split = store.split(args.split)
-    count = len(index.labels)
-
-    query_images, vectors = [], []
-    for q in args.query:
-        i = parse_store_query(q, count)
-        if i is not None:  # the stored vector itself: a stored image is at distance exactly 0 from itself
-            query_images.append(np.asarray(split.images[i]))
-            vectors.append(torch.from_numpy(np.array(index.vectors[i])))
-        else:
-            image = decoded[q]
-            query_images.append(image)
-            batch = torch.from_numpy(image[None]).to(device)
-            vectors.append(embed_images(model, batch, cfg, info.stats(cfg, device))[0].cpu())
-    distances, neighbours = nearest(index.vectors, torch.stack(vectors), args.k, device)
-
-    names = store.class_names
-    results = []
-    for q, d_row, i_row in zip(args.query, distances.tolist(), neighbours.tolist()):
-        results.append({"query": q, "neighbours": [
-            {"index": i, "distance": d, "class": store.classes[int(index.labels[i])],
-             "name": names[int(index.labels[i])]} for d, i in zip(d_row, i_row)]})
+    found = search(model, cfg, info, store, args.split, args.query, decoded, args.k, cache_dir, device,
+                   args.batch_size, progress)
+    count = len(found.index.labels)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "index": str(index.path), "split": args.split,
-                          "indexed_images": count, "results": results}))
+        print(json.dumps({"checkpoint": str(args.checkpoint), "index": str(found.index.path), "split": args.split,
+                          "indexed_images": count, "results": found.results}))
     else:
-        state = "built" if index.built else "read"
-        print(f"fc7 index of {count} {args.split} images ({index.vectors.shape[1]}-d), {state}: {index.path}")
-        for r in results:
+        state = "built" if found.index.built else "read"
+        print(f"fc7 index of {count} {args.split} images ({found.index.vectors.shape[1]}-d), {state}: "
+              f"{found.index.path}")
+        for r in found.results:
             print(r["query"])
             for rank, n in enumerate(r["neighbours"], 1):
                 print(f"  {rank}. store:{n['index']:<8} distance {n['distance']:10.4f}  {n['name']}")
     if args.panel is not None:
-        from alexnet.plots import RetrievalRow, plot_retrieval
+        from alexnet.plots import plot_retrieval
 
-        rows = []
-        for q, image, r in zip(args.query, query_images, results):
-            caption = Path(q).name if not q.startswith("store:") else f"{q} {names[int(index.labels[int(q[6:])])]}"
-            rows.append(RetrievalRow(image, caption, [np.asarray(split.images[n["index"]]) for n in r["neighbours"]],
-                                     [f"{n['name']}  d={n['distance']:.3g}" for n in r["neighbours"]]))
         which = "training" if args.split == "train" else f"'{args.split}'"
-        out = plot_retrieval(rows, args.panel, f"Nearest {which} images by Euclidean distance of fc7 vectors")
+        out = plot_retrieval(panel_rows(found, store, args.split), args.panel,
+                             f"Nearest {which} images by Euclidean distance of fc7 vectors")
         if not args.json:
             print(f"panel: {out}")
     return 0

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory (config, metrics, checkpoints)")
     p.add_argument("--epochs", type=int,
                    help=f"number of epochs (default: the preset's: {preset_values('train.epochs')})")
+    p.add_argument("--budget", metavar="DURATION",
+                   help="train for this much wall-clock time, validation included (90s, 30m, 2h, 1h30m): the "
+                        "epoch count is chosen to fit from timed steps and checked after every epoch")
     p.add_argument("--config", type=Path, help="YAML file of config overrides")
     p.add_argument("--resume", help="auto (newest valid checkpoint of --out) or a checkpoint path")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -70,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
 
     overrides = parse_assignments(args.overrides)
+    if args.budget is not None:
+        from alexnet.budget import parse_duration
+
+        if args.epochs is not None:
+            raise UserError("--budget chooses the epoch count to fit the time: drop --epochs (or --budget)")
+        overrides["train.budget_s"] = parse_duration(args.budget)
     for key, value in (("train.epochs", args.epochs), ("train.device", args.device), ("train.seed", args.seed),
                        ("optim.batch_size", args.batch_size), ("optim.lr", args.lr)):
         if value is not None:

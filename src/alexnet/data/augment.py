@@ -135,11 +135,6 @@ class ColourStats:
                    unit)
 
 
-def pca_offsets(cfg: DataConfig, stats: ColourStats, seed: int, epoch: int, index: Tensor) -> Tensor:
-    """(B, 3) RGB offsets: [p1 p2 p3] [a1 s1, a2 s2, a3 s3]^T with a_i ~ N(0, pca_std^2) per image."""
-    return _offsets_from_normals(cfg, stats, sample_normal(seed, epoch, index, STREAM_PCA, 3))
-
-
 def _offsets_from_normals(cfg: DataConfig, stats: ColourStats, normals: Tensor) -> Tensor:
     alphas = normals.to(stats.eigenvalues.device) * cfg.pca_std
     lam = stats.eigenvalues.clamp_min(0)

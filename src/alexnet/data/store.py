@@ -24,7 +24,6 @@ read whole.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from alexnet.errors import UserError
+from alexnet.files import loads_json
 
 FORMAT = "alexnet-store/1"
 MANIFEST = "manifest.json"
@@ -144,7 +144,7 @@ def _open_raw(images_path: Path, count: int, size: int) -> np.ndarray:
 def is_store(path: str | Path) -> bool:
     """True when path holds a finished store (manifest present, right format, complete)."""
     try:
-        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+        manifest = loads_json((Path(path) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT and manifest.get("complete") is True
@@ -161,7 +161,7 @@ def open_store(path: str | Path) -> Store:
             raise UserError(f"{path} is an unfinished store: run the same `alexnet prepare` command again to finish it")
         raise UserError(f"{path} is not a store (no {MANIFEST}): make one with `alexnet prepare SRC --out {path}`")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = loads_json(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{manifest_path} is unreadable ({exc}): prepare the store again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

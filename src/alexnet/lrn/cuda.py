@@ -12,7 +12,7 @@ S_i the sum of squares over window(i) = [i - size // 2, i + (size - 1) // 2] wit
 
     grad_a_j = g_j * scale_j ** -beta - 2 * beta * c * a_j * sum_{i : j in window(i)} g_i a_i scale_i ** (-beta - 1)
 
-computed in float32 whatever the input's dtype. Used by ops.local_response_norm for CUDA tensors in
+computed in float32 whatever the input's dtype. Used by lrn.layer.local_response_norm for CUDA tensors in
 channels_last layout when Triton is importable; every other case keeps the eager path.
 """
 

@@ -31,14 +31,14 @@ Under torch.compile the layer is the same formula written as plain functional op
 differentiated by autograd), which inductor fuses into its own kernels: the hand-made autograd.Function
 writes into preallocated buffers, which the compiler does not trace faithfully (on CUDA its compiled
 step produced a non-finite loss). Compiled, the formula ran slower than this eager code on the CPU
-(docs/PERFORMANCE.md, "Design measurements"), so `train.compile` is off by default.
+(docs/PERFORMANCE.md), so `train.compile` is off by default.
 
 On CUDA, channels_last input goes through two fused Triton kernels instead (`alexnet.lrn.cuda`: one
 pass over each pixel's row of channels forward, one backward), because on a GPU every full-size pass is a
-trip through memory: the eager passes took more than half of the paper model's training step on an H100
-(docs/PERFORMANCE.md). `CUDA_KERNEL = "eager"` keeps the passes below on CUDA too. On the CPU,
-float32 and bfloat16 channels_last input goes through the same two loops compiled by Numba
-(`alexnet.lrn.cpu`, 2-3x faster than the passes below); `CPU_KERNEL = "eager"` keeps these passes.
+trip through memory (docs/PERFORMANCE.md has the share of the step they took). `CUDA_KERNEL = "eager"`
+keeps the passes below on CUDA too. On the CPU, float32 and bfloat16 channels_last input goes through the
+same two loops compiled by Numba (`alexnet.lrn.cpu`, faster than the passes below: docs/PERFORMANCE.md);
+`CPU_KERNEL = "eager"` keeps these passes.
 
 bfloat16 and float16 inputs are computed in float32 and returned in their own dtype. The output keeps
 the input's memory format (contiguous or channels_last).
@@ -58,12 +58,9 @@ from torch.autograd.function import once_differentiable
 
 _HALF_TYPES = (torch.bfloat16, torch.float16)
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, *_HALF_TYPES)
-# Samples per CPU chunk are chosen so a chunk holds about this many elements (16 MiB of float32).
-# Smaller chunks stay in cache better (one thread, CPU time, conv1 at batch 128, forward + backward:
-# 2**19 took 196 ms, this 303 ms, the whole batch at once 373 ms), but each chunk costs 25 ops, and with
-# two threads each op waits for both: on a machine shared with other busy processes 2**19 took 3.7 to
-# 38 s, this 0.6 to 3 s, the whole batch 1.8 to 3 s (medians of the same runs). This size was the best
-# or close to it in every run measured.
+# Samples per CPU chunk are chosen so a chunk holds about this many elements (16 MiB of float32): smaller chunks
+# stay in cache better but each costs 25 ops, each a wait for every thread (docs/PERFORMANCE.md, "Design
+# measurements", has the timings that chose it).
 _CPU_CHUNK_ELEMENTS = 1 << 22
 _HUGE_PAGE_BYTES = 2 << 20  # x86-64 and most arm64 Linux kernels
 _MADV_HUGEPAGE = 14  # from <sys/mman.h> on Linux

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from alexnet.errors import UserError
+from alexnet.environment import env_int
 from alexnet.files import atomic_write
 from alexnet.runtime import pick_device
 
@@ -39,20 +39,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def env_int(name: str, default: int, minimum: int) -> int:
-    """A whole number from the environment (torchrun sets these); UserError naming the variable otherwise."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"environment variable {name}={raw!r} is not a whole number: unset it or fix it") from None
-    if value < minimum:
-        raise UserError(f"environment variable {name}={value} must be at least {minimum}: unset it or fix it")
-    return value
 
 
 def init_distributed(device_name: str) -> DistContext:

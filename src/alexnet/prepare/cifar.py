@@ -15,12 +15,12 @@ import os
 import pickle
 import stat
 import tarfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from alexnet.errors import UserError
+from alexnet.files import COMPRESSED_STREAM_ERRORS, cut_short
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 VAL_BATCH = "test_batch"
@@ -68,6 +68,8 @@ def archive_member_prefix(path: Path) -> str | None:
     try:
         with tarfile.open(path, "r:*") as tar:
             names = set(tar.getnames())
+    except COMPRESSED_STREAM_ERRORS as exc:
+        raise cut_short(path, exc) from None
     except (tarfile.TarError, OSError):
         return None
     for name in names:
@@ -106,7 +108,9 @@ def read_member(path: str, member: str) -> bytes:
                 raise UserError(f"{path}:{member} holds {info.size} bytes, more than a CIFAR-10 batch can "
                                 f"({MAX_BATCH_BYTES}): is this the right archive?")
             return tar.extractfile(info).read()
-    except (tarfile.TarError, OSError, AttributeError, KeyError, EOFError, zlib.error) as exc:
+    except COMPRESSED_STREAM_ERRORS as exc:
+        raise cut_short(f"{path}", exc) from None
+    except (tarfile.TarError, OSError, AttributeError, KeyError) as exc:
         raise UserError(f"cannot read {member} from {path}: {exc}: download or copy the archive again") from None
 
 

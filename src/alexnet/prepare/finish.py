@@ -13,18 +13,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from alexnet.data.classnames import class_names
 from alexnet.data.store import ENCODINGS, FORMAT, MANIFEST, SPLITS, Store, checksum, open_store, split_files
 from alexnet.errors import UserError
-from alexnet.files import atomic_path, atomic_write, fsync_dir
+from alexnet.files import atomic_path, atomic_write, fsync_dir, loads_json
 from alexnet.prepare.imagestats import colour_pca
-
-if TYPE_CHECKING:
-    from alexnet.prepare.writer import _Plan, _State
+from alexnet.prepare.plan import Plan, State
 
 
 def summary_line(store: Store, seconds: float | None = None) -> str:
@@ -54,7 +51,7 @@ def one_line(text: str) -> str:
 # ------------------------------------------------------------------------------------------- partial
 
 
-def finish(plan: _Plan, partial: Path, state: _State, out: Path) -> None:
+def finish(plan: Plan, partial: Path, state: State, out: Path) -> None:
     """Compact, write labels/mean/PCA/checksums into .partial and record the manifest to install."""
     source = plan.source
     skipped_rows: dict[str, dict[int, str]] = {s: {} for s in plan.splits}
@@ -119,7 +116,7 @@ def chunk_path(partial: Path, split: str, index: int) -> Path:
     return partial / split / f"chunk-{index}.jpeg"
 
 
-def _concatenate_chunks(plan: _Plan, partial: Path, split: str) -> Path:
+def _concatenate_chunks(plan: Plan, partial: Path, split: str) -> Path:
     """PARTIAL/<split>/images.jpeg and offsets.npy from the split's chunk files, in order; the chunk files
     stay until the store is installed, so this can be repeated after a crash."""
     out = partial / split / "images.jpeg"
@@ -182,7 +179,7 @@ def _compact(path: Path, order: list[int], kept: int) -> None:
 
 def install(out: Path, partial: Path, progress: bool, started: float) -> Store:
     """Move the finished files into OUT, write manifest.json last, remove .partial. Idempotent."""
-    manifest = json.loads((partial / "finished.json").read_text())
+    manifest = loads_json((partial / "finished.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here on OUT is not a complete store until the end
     for stale in SPLITS:

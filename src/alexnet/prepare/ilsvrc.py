@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.errors import UserError
+from alexnet.files import COMPRESSED_STREAM_ERRORS, cut_short
 
 VAL_STEM = "ILSVRC2012_val_{:08d}"
 _META = "data/meta.mat"
@@ -120,5 +121,7 @@ def _devkit_files(path: Path) -> tuple[bytes, bytes]:
                     raise UserError(f"{path} is not an ILSVRC-2012 devkit (no {suffix} inside)")
                 wanted.append(tar.extractfile(members[name]).read())
             return wanted[0], wanted[1]
+    except COMPRESSED_STREAM_ERRORS as exc:
+        raise cut_short(path, exc) from None
     except (tarfile.TarError, OSError) as exc:
         raise UserError(f"cannot read devkit {path}: {exc}") from None

@@ -7,12 +7,13 @@ the cache folder and reused afterwards) or the word "cifar10" (downloaded and pr
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
 from alexnet.data.store import MANIFEST, Store, is_store, open_store
 from alexnet.errors import UserError
-from alexnet.files import try_lock
+from alexnet.files import open_lock_file, try_lock
 
 
 def cached_store_path(spec: str, cache_dir: Path, size: int) -> Path:
@@ -44,10 +45,11 @@ def resolve_data(spec: str, cache_dir: Path, size: int, progress: bool = True) -
     missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".{target.name}.lock"
+    lock_fd = open_lock_file(lock_path, "the cache")  # a folder or link there is refused before anything is done
     try:
         # Several processes (e.g. the ranks of one machine) may ask at once: one prepares, the others
         # wait here and then open its store. An interrupted preparation is resumed by prepare itself.
-        with open(lock_path, "a") as lock:
+        with os.fdopen(lock_fd, "r+b") as lock:
             try_lock(lock.fileno(), wait=True)
             if is_store(target):
                 return open_store(target)

@@ -19,17 +19,15 @@ How it works:
   move as files were skipped) and the file is truncated; then labels, mean, PCA, checksums, and finally
   manifest.json (atomic: temp file, fsync, rename). Each step can be repeated after a crash.
 - An existing store at OUT is only replaced with overwrite=True, and stays intact until the new one is
-  complete (so replacing needs room for both). OUT/.partial.lock keeps two prepares out of one OUT.
+  complete (room for both). OUT/.partial.lock keeps two prepares out of one OUT. The plan: prepare/plan.py.
 
-Row order is the listing order (folders: class, then file name; flat validation folders: file name;
-tars: archive order; CIFAR-10: batch order), except that the rows of skipped files hold the last images
-of their split.
+Row order is the listing order (folders: class, then file name; flat validation folders: file name; tars:
+archive order; CIFAR-10: batch order), except that the rows of skipped files hold the last images of their split.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
@@ -40,21 +38,22 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from alexnet.data import jpeg
 from alexnet.data.jpeg import DEFAULT_QUALITY
-from alexnet.data.store import ENCODINGS, FORMAT, SPLITS, Store, is_store
+from alexnet.data.store import ENCODINGS, Store, is_store
+from alexnet.environment import env_float, env_int
 from alexnet.errors import UserError
-from alexnet.files import atomic_path, atomic_write, try_lock
+from alexnet.files import atomic_path, atomic_write, loads_json, open_lock_file, try_lock
 from alexnet.prepare import ilsvrc
-from alexnet.prepare.decode import SkipImage, load_image  # noqa: F401 - load_image is part of this API
+from alexnet.prepare.decode import SkipImage
 from alexnet.prepare.finish import chunk_path, finish, install, one_line, write_npy
 from alexnet.prepare.imagestats import add_image
-from alexnet.prepare.sources import Item, Source, find_source, item_pixels, merge_validation, split_off_validation
+from alexnet.prepare.plan import ChunkResult, ChunkTask, Plan, State
+from alexnet.prepare.sources import Source, find_source, item_pixels, merge_validation, split_off_validation
 from alexnet.runtime import usable_cores
 
 PARTIAL = ".partial"
@@ -111,8 +110,9 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
     if not 1 <= quality <= 100:
         raise UserError(f"--quality must be between 1 and 100, not {quality}")
     chunk = _chunk_size(chunk_size, size, total)
+    save_every = env_float(SAVE_ENV, 2.0, 0.0)  # read before anything is written: a bad value changes nothing
     _check_out_location(out, source)
-    plan = _Plan(source, size, chunk, seed, val_fraction, encoding, quality)
+    plan = Plan(source, size, chunk, seed, val_fraction, encoding, quality)
     partial = out / PARTIAL
     with _exclusive(out):
         if _finished_partial(partial, plan):  # a previous run decided everything; only installing was left
@@ -121,8 +121,8 @@ def prepare(src: str | Path, out: str | Path, size: int | None = None, workers: 
         if strict:
             _fail_if_skipped(plan.listing_skips())
         _open_partial(partial, plan, progress)
-        state = _State.load(partial, plan)
-        _run_chunks(plan, partial, state, workers, progress, bar)
+        state = State.load(partial, plan)
+        _run_chunks(plan, partial, state, workers, progress, bar, save_every)
         skips = plan.listing_skips() + [(split, plan.items[split][i].name, reason)
                                         for split, i, reason in state.skipped]
         if strict:
@@ -148,7 +148,7 @@ def _exclusive(out: Path) -> Iterator[None]:
     if (out / PARTIAL).exists() and not (out / PARTIAL).is_dir():
         raise UserError(f"{out / PARTIAL} is not a folder: remove it, or choose another --out")
     lock_path = out / LOCK
-    with open(lock_path, "a") as lock:
+    with os.fdopen(open_lock_file(lock_path, "prepare"), "r+b") as lock:
         if try_lock(lock.fileno(), wait=False) is False:
             raise UserError(f"another prepare is writing into {out}; wait for it to finish")
         try:
@@ -183,56 +183,13 @@ def _find(src, labels, devkit, synsets, val, cache_dir) -> Source:  # noqa: ANN0
 
 
 def _chunk_size(chunk_size: int | None, size: int, total: int) -> int:
-    if chunk_size is None and os.environ.get(CHUNK_ENV):
-        chunk_size = int(os.environ[CHUNK_ENV])
+    chunk_size = chunk_size if chunk_size is not None else (env_int(CHUNK_ENV, 0, 1) or None)
     if chunk_size is None:
         # about 64 MB of output per chunk, and at least ~64 chunks for small sets so every core gets work
         chunk_size = min(4096, max(16, _CHUNK_BYTES // (size * size * 3)), max(16, -(-total // 64)))
     if chunk_size < 1:
         raise UserError(f"chunk size must be at least 1, not {chunk_size}")
     return int(chunk_size)
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    index: int
-    split: str
-    start: int
-    stop: int
-
-
-class _Plan:
-    """What will be written: items per split, chunks, and a fingerprint that a resumed run must match."""
-
-    def __init__(self, source: Source, size: int, chunk: int, seed: int, val_fraction: float, encoding: str,
-                 quality: int) -> None:
-        self.source, self.size, self.chunk = source, size, chunk
-        self.encoding, self.quality = encoding, quality
-        self.splits = [s for s in SPLITS if s in source.splits]
-        self.items: dict[str, list[Item]] = {s: source.splits[s].items for s in self.splits}
-        for split in self.splits:
-            if not self.items[split]:
-                raise UserError(f"{source.path}: the {split} split has no images to prepare")
-        self.chunks: list[_Chunk] = []
-        for split in self.splits:
-            for start in range(0, len(self.items[split]), chunk):
-                stop = min(start + chunk, len(self.items[split]))
-                self.chunks.append(_Chunk(len(self.chunks), split, start, stop))
-        digest = hashlib.sha256()
-        header = [FORMAT, size, chunk, seed, val_fraction, source.path, source.layout, source.classes,
-                  source.val_origin]
-        if encoding != "raw":
-            header += [encoding, quality]
-        digest.update(json.dumps(header).encode())
-        for split in self.splits:
-            digest.update(f"|{split}|".encode())
-            for item in self.items[split]:
-                digest.update(repr(tuple(item)).encode("utf-8", "surrogateescape"))
-            digest.update(repr(source.splits[split].skipped).encode("utf-8", "surrogateescape"))
-        self.fingerprint = digest.hexdigest()
-
-    def listing_skips(self) -> list[tuple[str, str, str]]:
-        return [(s, name, reason) for s in self.splits for name, reason in self.source.splits[s].skipped]
 
 
 # -------------------------------------------------------------------------------------- output checks
@@ -266,12 +223,12 @@ def _fail_if_skipped(skips: list[tuple[str, str, str]]) -> None:
                         "fix or remove them, or run without --strict to skip them")
 
 
-def _open_partial(partial: Path, plan: _Plan, progress: bool) -> None:
+def _open_partial(partial: Path, plan: Plan, progress: bool) -> None:
     """Reuse OUT/.partial when it was started with the same plan; otherwise start it afresh."""
     plan_file = partial / "plan.json"
     if partial.exists():
         try:
-            same = json.loads(plan_file.read_text())["fingerprint"] == plan.fingerprint
+            same = loads_json(plan_file.read_text())["fingerprint"] == plan.fingerprint
         except (OSError, ValueError, KeyError):
             same = False
         if same:
@@ -292,46 +249,12 @@ def _open_partial(partial: Path, plan: _Plan, progress: bool) -> None:
     atomic_write(plan_file, json.dumps({"fingerprint": plan.fingerprint}).encode())
 
 
-def _finished_partial(partial: Path, plan: _Plan) -> bool:
+def _finished_partial(partial: Path, plan: Plan) -> bool:
     try:
-        same = json.loads((partial / "plan.json").read_text())["fingerprint"] == plan.fingerprint
+        same = loads_json((partial / "plan.json").read_text())["fingerprint"] == plan.fingerprint
     except (OSError, ValueError, KeyError):
         return False
     return same and (partial / "finished.json").exists()
-
-
-class _State:
-    """The progress file: finished chunks, running integer sums, files skipped while decoding."""
-
-    def __init__(self, size: int) -> None:
-        self.done: set[int] = set()
-        self.sum_image = np.zeros((size, size, 3), dtype=np.int64)
-        self.gram = np.zeros((3, 3), dtype=np.int64)
-        self.skipped: list[tuple[str, int, str]] = []  # (split, item index, reason)
-
-    @classmethod
-    def load(cls, partial: Path, plan: _Plan) -> _State:
-        state = cls(plan.size)
-        path = partial / "state.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as saved:
-                state.done = set(int(i) for i in saved["done"])
-                state.sum_image = saved["sum_image"].astype(np.int64)
-                state.gram = saved["gram"].astype(np.int64)
-                state.skipped = [tuple(s) for s in json.loads(str(saved["skipped"]))]
-        return state
-
-    def snapshot(self) -> _State:
-        """A copy that a background save can write while this one keeps changing."""
-        copy = _State.__new__(_State)
-        copy.done, copy.skipped = set(self.done), list(self.skipped)
-        copy.sum_image, copy.gram = self.sum_image.copy(), self.gram.copy()
-        return copy
-
-    def save(self, partial: Path) -> None:
-        with atomic_path(partial / "state.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, done=np.array(sorted(self.done), dtype=np.int64), sum_image=self.sum_image,
-                     gram=self.gram, skipped=np.array(json.dumps(self.skipped)))
 
 
 # -------------------------------------------------------------------------------------------- workers
@@ -344,17 +267,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
 
 
-def _process_chunk_in_worker(task: tuple) -> tuple[int, str]:
+def _process_chunk_in_worker(task: ChunkTask) -> tuple[int, str]:
     """_process_chunk in a pool worker: its result goes to a file beside the images, and the worker returns
     (chunk index, that file), a message far under the 4 KiB a pipe writes atomically. A worker killed while
     sending a larger result (the sums of S x S x 3 positions) would leave half a message in the pool's
     result pipe, and the pool's reader would wait for the rest forever instead of reporting the dead worker."""
-    index, skipped, sum_image, gram = _process_chunk(task)
-    result = _result_path(task[3], index)
+    done = _process_chunk(task)
+    result = _result_path(task.images_path, done.index)
     with open(result, "wb") as f:  # complete before the parent hears of it; a killed worker's chunk is redone
-        np.savez(f, sum_image=sum_image if sum_image is not None else np.zeros(0, np.int64), gram=gram,
-                 with_stats=sum_image is not None, skipped=np.array(json.dumps(skipped)))
-    return index, str(result)
+        np.savez(f, sum_image=done.sum_image if done.sum_image is not None else np.zeros(0, np.int64),
+                 gram=done.gram, with_stats=done.sum_image is not None, skipped=np.array(json.dumps(done.skipped)))
+    return done.index, str(result)
 
 
 class _ChunkSums:
@@ -384,15 +307,15 @@ class _ChunkSums:
         self.block[...], self.in_block = 0, 0
 
 
-def _process_chunk(task: tuple) -> tuple:
+def _process_chunk(task: ChunkTask) -> ChunkResult:
     """Decode one chunk into its rows of images.npy (raw) or into its own JPEG file (quality > 0); return its
     sums and skipped files."""
-    index, start, items, images_path, size, with_stats, quality = task
-    if quality:
+    if task.quality:
         return _process_jpeg_chunk(task)
+    start, items, images_path, size = task.start, task.items, task.images_path, task.size
     row_bytes = size * size * 3
     data_offset = _data_offset(Path(images_path))
-    sums = _ChunkSums(size, len(items)) if with_stats else None
+    sums = _ChunkSums(size, len(items)) if task.with_stats else None
     row = np.empty((size, size, 3), dtype=np.uint8)  # the image as stored, contiguous
     skipped = []
     with open(images_path, "r+b") as f:
@@ -409,14 +332,14 @@ def _process_chunk(task: tuple) -> tuple:
             _write_fully(f.fileno(), row, data_offset + (start + offset) * row_bytes)
             if sums is not None:  # from the stored row: exactly what the store will hold
                 sums.add(row)
-    return (index, skipped, *(sums.result() if sums is not None else (None, np.zeros((3, 3), np.int64))))
+    return _result(task.index, skipped, sums)
 
 
-def _process_jpeg_chunk(task: tuple) -> tuple:
+def _process_jpeg_chunk(task: ChunkTask) -> ChunkResult:
     """Decode one chunk's images, encode each as JPEG into the chunk's own file, with its offsets (a skipped
     image is an empty entry); the sums are of the pixels the JPEG decodes to: what the store will give."""
-    index, start, items, images_path, size, with_stats, quality = task
-    sums = _ChunkSums(size, len(items)) if with_stats else None
+    start, items, size, quality = task.start, task.items, task.size, task.quality
+    sums = _ChunkSums(size, len(items)) if task.with_stats else None
     decoded = np.empty((size, size, 3), dtype=np.uint8)
     skipped, parts, offsets = [], [], [0]
     for offset, item in enumerate(items):
@@ -431,12 +354,19 @@ def _process_jpeg_chunk(task: tuple) -> tuple:
         if sums is not None:
             jpeg.decode_into(encoded, decoded)
             sums.add(decoded)
-    path = Path(images_path)
+    path = Path(task.images_path)
     write_npy(path.with_suffix(".offsets.npy"), np.array(offsets, dtype=np.int64))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # last: its presence says the chunk is whole
         for encoded in parts:
             f.write(encoded)
-    return (index, skipped, *(sums.result() if sums is not None else (None, np.zeros((3, 3), np.int64))))
+    return _result(task.index, skipped, sums)
+
+
+def _result(index: int, skipped: list[tuple[int, str]], sums: _ChunkSums | None) -> ChunkResult:
+    if sums is None:
+        return ChunkResult(index, skipped)
+    sum_image, gram = sums.result()
+    return ChunkResult(index, skipped, sum_image, gram)
 
 
 def _result_path(images_path: str, index: int) -> Path:
@@ -444,14 +374,14 @@ def _result_path(images_path: str, index: int) -> Path:
     return Path(images_path).parent.parent / "results" / f"chunk-{index}.npz"
 
 
-def _read_result(index: int, path: str) -> tuple:
+def _read_result(index: int, path: str) -> ChunkResult:
     """_process_chunk's result for a chunk, from the file _process_chunk_in_worker wrote; the file is removed."""
     with np.load(path, allow_pickle=False) as saved:
-        skipped = [tuple(s) for s in json.loads(str(saved["skipped"]))]
+        skipped = [tuple(s) for s in loads_json(str(saved["skipped"]))]
         sum_image = saved["sum_image"] if bool(saved["with_stats"]) else None
         gram = saved["gram"]
     os.unlink(path)
-    return index, skipped, sum_image, gram
+    return ChunkResult(index, skipped, sum_image, gram)
 
 
 def _write_fully(fd: int, data: np.ndarray, position: int) -> None:
@@ -470,7 +400,8 @@ def _data_offset(path: Path) -> int:
         return f.tell()
 
 
-def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progress: bool, bar_on: bool) -> None:
+def _run_chunks(plan: Plan, partial: Path, state: State, workers: int, progress: bool, bar_on: bool,
+                save_every: float) -> None:
     pending = [c for c in plan.chunks if c.index not in state.done]
     total = sum(len(v) for v in plan.items.values())
     done_images = total - sum(c.stop - c.start for c in pending)
@@ -482,11 +413,10 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
     from tqdm import tqdm
 
     jpeg_chunks = plan.encoding == "jpeg"
-    tasks = ((c.index, c.start, plan.items[c.split][c.start:c.stop],
-              str(chunk_path(partial, c.split, c.index) if jpeg_chunks else partial / c.split / "images.npy"),
-              plan.size, c.split == "train", plan.quality if jpeg_chunks else 0) for c in pending)
+    tasks = (ChunkTask(c.index, c.start, plan.items[c.split][c.start:c.stop],
+                       str(chunk_path(partial, c.split, c.index) if jpeg_chunks else partial / c.split / "images.npy"),
+                       plan.size, c.split == "train", plan.quality if jpeg_chunks else 0) for c in pending)
     chunks = {c.index: c for c in plan.chunks}
-    save_every = float(os.environ.get(SAVE_ENV, "2"))
     bar = tqdm(total=total, initial=done_images, unit="img", desc="prepare", smoothing=0.1,
                disable=not (progress and bar_on and sys.stderr.isatty()))
     workers = min(workers, len(pending))
@@ -496,7 +426,7 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
     image_files = [] if jpeg_chunks else [partial / split / "images.npy" for split in plan.splits]
     (partial / "results").mkdir(exist_ok=True)
 
-    def write_state(snapshot: _State) -> None:
+    def write_state(snapshot: State) -> None:
         # Rows written so far are in the page cache; fsync puts them on disk before the state file says
         # their chunks are done (a SIGKILL alone would not lose them, a power cut would).
         for path in image_files:
@@ -524,14 +454,13 @@ def _run_chunks(plan: _Plan, partial: Path, state: _State, workers: int, progres
         else:
             saving = saver.submit(write_state, snapshot)
 
-    def record(result: tuple) -> None:
-        index, skipped, sum_image, gram = result
-        chunk = chunks[index]
-        if sum_image is not None:
-            state.sum_image += sum_image
-            state.gram += gram
-        state.skipped.extend((chunk.split, i, reason) for i, reason in skipped)
-        state.done.add(index)
+    def record(result: ChunkResult) -> None:
+        chunk = chunks[result.index]
+        if result.sum_image is not None:
+            state.sum_image += result.sum_image
+            state.gram += result.gram
+        state.skipped.extend((chunk.split, i, reason) for i, reason in result.skipped)
+        state.done.add(result.index)
         bar.update(chunk.stop - chunk.start)
         if time.monotonic() - last_save >= save_every:
             save(wait=False)

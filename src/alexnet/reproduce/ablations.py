@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet.config import Config, build_config
-from alexnet.reproduce.common import finished_epochs, fit, random_subset
+from alexnet.reproduce.common import finished_epochs, random_subset, train_run
 
 PRESET = "cifar-ingredients"  # every paper ingredient present, so each can be removed
 
@@ -85,7 +85,7 @@ def run_variant(store: Any, variant: Variant, seed: int, epochs: int | None, ove
         say(f"skipped {variant.name} seed {seed}: finished ({run_dir})")
     else:
         say(f"training {variant.name} seed {seed} ({variant.removed} removed) in {run_dir}")
-        fit(cfg, store, run_dir, progress=progress)
+        train_run(cfg, store, run_dir, progress=progress)
         records = finished_epochs(run_dir)
     last = records[cfg.train.epochs - 1]
     return last["val_top1_error"], last["val_top5_error"]

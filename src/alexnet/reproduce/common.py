@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from alexnet import train
+from alexnet.checkpoint import saved_train_settings
 from alexnet.config import Config
 from alexnet.data.store import Split
 from alexnet.parallel.ddp import DistContext
@@ -71,7 +72,7 @@ def finished_epochs(run_dir: Path) -> list[dict[str, Any]]:
     return read_metrics(run_dir) if (Path(run_dir) / "metrics.jsonl").is_file() else []
 
 
-def fit(cfg: Config, store: Any, run_dir: Path, before: Callable[[Run], None] | None = None,
+def train_run(cfg: Config, store: Any, run_dir: Path, before: Callable[[Run], None] | None = None,
         progress: bool = False) -> Run:
     """Train (or continue: --resume auto semantics) one run in this process; Stopped on a signal.
 
@@ -80,7 +81,8 @@ def fit(cfg: Config, store: Any, run_dir: Path, before: Callable[[Run], None] | 
     progress: the run's step and validation bars on stderr (shown only on a terminal, as in `alexnet train`).
     """
     adapt_to_store(cfg, store)
-    run = set_up(cfg, store, run_dir, DistContext(device=pick_device(cfg.train.device)), progress)
+    run = set_up(cfg, store, run_dir, DistContext(device=pick_device(cfg.train.device)), progress,
+                 saved=saved_train_settings(run_dir, "auto"))
     if before is not None:
         before(run)
     status = train.fit(run, "auto")

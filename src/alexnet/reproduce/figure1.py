@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from alexnet.config import Config, build_config
 from alexnet.errors import UserError
-from alexnet.reproduce.common import StoreView, finished_epochs, fit
+from alexnet.reproduce.common import StoreView, finished_epochs, train_run
 from alexnet.train import Run
 
 ACTIVATIONS = ("relu", "tanh")
@@ -137,7 +137,7 @@ def train_to_target(store: Any, activation: str, lr: float, out: Path, opts: Fig
     if not failed.is_file():
         view = StoreView(store, {"train": store.split("train")})  # no val split: nothing but training is timed
         try:
-            fit(_config(activation, lr, cap or opts.max_epochs, opts), view, run_dir,
+            train_run(_config(activation, lr, cap or opts.max_epochs, opts), view, run_dir,
                 _stop_at_target(opts.target), opts.progress and opts.jobs <= 1)
         except UserError as exc:
             if "non-finite" not in str(exc):

@@ -27,7 +27,7 @@ from typing import Any
 
 from alexnet.config import Config, build_config
 from alexnet.errors import UserError
-from alexnet.reproduce.common import StoreView, disjoint_samples, finished_epochs, fit, take
+from alexnet.reproduce.common import StoreView, disjoint_samples, finished_epochs, take, train_run
 from alexnet.train import Run, load_weights
 
 PRESET = "cifar-convnet"
@@ -92,7 +92,7 @@ def _train(cfg: Config, store: Any, run_dir: Path, say, before: Callable[[Run], 
         say(f"skipped {run_dir.name}: finished")
         return records
     say(f"training {run_dir}")
-    fit(cfg, store, run_dir, before, progress)
+    train_run(cfg, store, run_dir, before, progress)
     return finished_epochs(run_dir)
 
 

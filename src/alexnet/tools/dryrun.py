@@ -102,6 +102,9 @@ def dry_run(cfg: Config, data: str, run_dir: Path, resume: str | None, cache: Pa
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.train.device)
+    from alexnet.runtime import settle_auto
+
+    report["settings"] = settle_auto(cfg, device)
     torch.manual_seed(cfg.train.seed)
     model = AlexNet(cfg.model, cfg.data.crop)
     summary = summarize(model, cfg.data.crop)
@@ -121,7 +124,26 @@ def dry_run(cfg: Config, data: str, run_dir: Path, resume: str | None, cache: Pa
         epoch_seconds = steps_per_epoch * step_seconds
         report.update({"steps_per_epoch": steps_per_epoch, "epoch_seconds_estimate": epoch_seconds,
                        "total_seconds_estimate": epoch_seconds * cfg.train.epochs})
+        if cfg.train.budget_s:
+            report.update(_budget_plan(cfg, model, store, device, steps_per_epoch, n_val))
+    elif cfg.train.budget_s:
+        report["budget_s"] = cfg.train.budget_s
+        report["budget_note"] = "the epoch count is chosen when the data is a store (prepared), from its size"
     return report
+
+
+def _budget_plan(cfg: Config, model: AlexNet, store: Any, device: torch.device, steps_per_epoch: int,
+                 n_val: int) -> dict[str, Any]:
+    """What `--budget` would choose: real steps on the store's images timed as a run times them."""
+    from alexnet.budget import estimate_epoch, plan_epochs
+    from alexnet.data.augment import ColourStats
+
+    stats = ColourStats.build(torch.from_numpy(store.mean), torch.from_numpy(store.pca_eigenvectors),
+                              torch.from_numpy(store.pca_eigenvalues), cfg.data.normalize, device)
+    est = estimate_epoch(cfg, model, store, device, stats, steps_per_epoch, n_val)
+    epochs = plan_epochs(cfg.train.budget_s, 0.0, est.total_s)
+    return {"budget_s": cfg.train.budget_s, "budget_epochs": epochs, "budget_epoch_train_s": est.train_s,
+            "budget_epoch_val_s": est.val_s, "budget_total_s": epochs * est.total_s}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -139,7 +161,15 @@ def format_report(r: dict[str, Any]) -> str:
         f"speed on {r['device']}: {r['step_seconds'] * 1000:.0f} ms a step, {r['images_per_second']:.0f} images/s "
         "(random batches: the model's step alone)",
     ]
-    if "steps_per_epoch" in r:
+    lines += r.get("settings", [])
+    if "budget_epochs" in r:
+        lines.append(f"budget {span(r['budget_s'])}: {r['budget_epochs']} epochs of about "
+                     f"{span(r['budget_epoch_train_s'])} training and {span(r['budget_epoch_val_s'])} validation "
+                     f"each, {span(r['budget_total_s'])} in all (timed on the store's images; checked again after "
+                     "every epoch of the run)")
+    elif "steps_per_epoch" in r:
         lines.append(f"time: {r['steps_per_epoch']} steps an epoch, about {span(r['epoch_seconds_estimate'])} an "
                      f"epoch, {span(r['total_seconds_estimate'])} for {r['epochs']} epochs (validation not counted)")
+    if "budget_note" in r:
+        lines.append(f"budget {span(r['budget_s'])}: {r['budget_note']}")
     return "\n".join(lines)

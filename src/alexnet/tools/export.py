@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from alexnet.config import Config, config_from_dict
 from alexnet.errors import UserError
-from alexnet.files import atomic_path
+from alexnet.files import atomic_path, loads_json
 from alexnet.lrn.layer import LocalResponseNorm
 from alexnet.model import AlexNet
 from alexnet.tools.inference import ModelInfo
@@ -193,12 +193,19 @@ def load_safetensors(path: str | Path) -> tuple[AlexNet, Config, ModelInfo]:
         raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise UserError(f"{path} was not exported by alexnet (no '{SAFETENSORS_FORMAT}' metadata)")
-    cfg = config_from_dict(json.loads(metadata["config"]))
-    model = AlexNet(cfg.model, cfg.data.crop)
-    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("input.")})
-    info = ModelInfo(json.loads(metadata["classes"]), json.loads(metadata["class_names"]),
-                     tensors["input.mean_image"], tensors["input.pca_eigenvalues"],
-                     tensors["input.pca_eigenvectors"])
+    try:
+        data = loads_json(metadata["config"])
+        if not isinstance(data, dict):
+            raise TypeError("the config is not a mapping")
+        cfg = config_from_dict(data)
+        model = AlexNet(cfg.model, cfg.data.crop)
+        model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("input.")})
+        info = ModelInfo(loads_json(metadata["classes"]), loads_json(metadata["class_names"]),
+                         tensors["input.mean_image"], tensors["input.pca_eigenvalues"],
+                         tensors["input.pca_eigenvectors"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise UserError(f"{path} has alexnet's format mark but its metadata or weights are damaged ({exc}): "
+                        "export it again") from None
     return model.eval(), cfg, info
 
 

@@ -26,7 +26,7 @@ import torch
 
 from alexnet.config import Config
 from alexnet.errors import UserError
-from alexnet.files import atomic_path, atomic_write
+from alexnet.files import atomic_path, atomic_write, loads_json
 from alexnet.model import AlexNet
 from alexnet.tools.inference import ModelInfo
 
@@ -141,7 +141,7 @@ def _read_cached_index(npy: Path, meta: Path, count: int) -> np.ndarray | None:
     """The cached vectors when the cache is whole and matches its record; None when anything is off (missing,
     truncated, changed, another format, values that are not finite), so that the index is built again."""
     try:
-        record = json.loads(meta.read_text(encoding="utf-8"))
+        record = loads_json(meta.read_text(encoding="utf-8"))
         if (not isinstance(record, dict) or record.get("format") != INDEX_FORMAT or record.get("count") != count
                 or record.get("bytes") != npy.stat().st_size or record.get("digest") != _sampled_digest(npy)):
             return None
@@ -191,3 +191,54 @@ def parse_store_query(text: str, count: int) -> int | None:
         raise UserError(f"--query {text}: the indexed split has images 0 to {count - 1}")
     return i
 
+
+
+@dataclass
+class Search:
+    """The answer to some queries: each query's neighbours (index, distance, class, name), the query images, and
+    the index searched."""
+
+    results: list[dict[str, Any]]
+    query_images: list[np.ndarray]
+    index: Index
+
+
+def search(model: AlexNet, cfg: Config, info: ModelInfo, store: Any, split_name: str, queries: list[str],
+           decoded: dict[str, np.ndarray], k: int, cache_dir: Path, device: torch.device, batch_size: int,
+           progress: bool) -> Search:
+    """The k nearest images of `split_name` to each query by Euclidean distance of fc7 vectors. A query is
+    `store:N` (the stored vector itself: a stored image is at distance exactly 0 from itself) or a file whose
+    pixels are in `decoded`. The index is built once per model and split and cached in `cache_dir`."""
+    index = build_or_load_index(model, cfg, info, store, split_name, cache_dir, device, batch_size, progress)
+    split = store.split(split_name)
+    count = len(index.labels)
+    query_images, vectors = [], []
+    for q in queries:
+        i = parse_store_query(q, count)
+        if i is not None:
+            query_images.append(np.asarray(split.images[i]))
+            vectors.append(torch.from_numpy(np.array(index.vectors[i])))
+        else:
+            query_images.append(decoded[q])
+            batch = torch.from_numpy(decoded[q][None]).to(device)
+            vectors.append(embed_images(model, batch, cfg, info.stats(cfg, device))[0].cpu())
+    distances, neighbours = nearest(index.vectors, torch.stack(vectors), k, device)
+    names = store.class_names
+    results = [{"query": q, "neighbours": [
+        {"index": i, "distance": d, "class": store.classes[int(index.labels[i])], "name": names[int(index.labels[i])]}
+        for d, i in zip(d_row, i_row)]} for q, d_row, i_row in zip(queries, distances.tolist(), neighbours.tolist())]
+    return Search(results, query_images, index)
+
+
+def panel_rows(found: Search, store: Any, split_name: str) -> list[Any]:
+    """plots.RetrievalRow per query: the query with its caption, its neighbours with their names and distances."""
+    from alexnet.plots import RetrievalRow
+
+    split, names, labels = store.split(split_name), store.class_names, found.index.labels
+    rows = []
+    for image, r in zip(found.query_images, found.results):
+        q = r["query"]
+        caption = Path(q).name if not q.startswith("store:") else f"{q} {names[int(labels[int(q[6:])])]}"
+        rows.append(RetrievalRow(image, caption, [np.asarray(split.images[n["index"]]) for n in r["neighbours"]],
+                                 [f"{n['name']}  d={n['distance']:.3g}" for n in r["neighbours"]]))
+    return rows

@@ -1,0 +1,38 @@
+"""Numbers read from environment variables (torchrun's, the cache's, the test hooks'): a value that does not parse
+is one line naming the variable, never a ValueError."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from alexnet.errors import UserError
+
+
+def env_int(name: str, default: int, minimum: int) -> int:
+    """A whole number from the environment (unset or blank: `default`); UserError naming the variable otherwise."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not a whole number: unset it or fix it") from None
+    if value < minimum:
+        raise UserError(f"environment variable {name}={value} must be at least {minimum}: unset it or fix it")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float) -> float:
+    """A finite number from the environment (unset or blank: `default`); UserError naming the variable otherwise."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not a number: unset it or fix it") from None
+    if not math.isfinite(value) or value < minimum:
+        raise UserError(f"environment variable {name}={raw} must be a finite number of at least {minimum}: unset it "
+                        "or fix it")
+    return value
