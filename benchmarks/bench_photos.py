@@ -100,7 +100,7 @@ def run_peer(data: Path, budget: float, workers: int, threads: int, batch: int) 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     epochs, seen, train_s = [], 0, 0.0
     start = time.perf_counter()
-    with MemorySampler() as mem:
+    with MemorySampler(interval=1.0) as mem:  # smaps_rollup of a 3 GB process is not free: once a second
         while time.perf_counter() - start < budget:
             model.train()
             t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def run_ours(store: Path, budget_arg: str, out: Path) -> dict:
            "--budget", budget_arg, "--no-progress", "eval_ten_crop=false"]
     print("ours: " + " ".join(cmd[2:]), flush=True)
     start = time.perf_counter()
-    with MemorySampler() as mem:
+    with MemorySampler(interval=1.0) as mem:  # smaps_rollup of a 3 GB process is not free: once a second
         proc = subprocess.Popen(cmd)
         while proc.poll() is None:
             time.sleep(0.5)

@@ -31,7 +31,8 @@ from alexnet.train import train
 # ranks even run different numbers of evaluation batches (3 and 2 of 8)
 SETTINGS = {"train.epochs": 2, "optim.batch_size": 16, "data.crop": 32, "train.log_every": 4,
             "model.widths": [16, 32, 32, 32, 32], "model.fc": [64, 64], "model.num_classes": 4,
-            "optim.lr": 0.02, "model.dropout": 0.0, "train.limit_val": 33, "train.threads": 1}
+            "optim.lr": 0.02, "model.dropout": 0.0, "train.limit_val": 33, "train.threads": 1,
+            "train.precision": "fp32"}  # float32 on every CPU kind: the comparisons below are of summation order
 VAL_IMAGES, STEPS = 33, 24
 # Float32 sums in another order (gradients averaged over 2 ranks vs summed over one batch) may differ in the
 # last bits: each tensor must agree to a thousandth of how far training moved it.
