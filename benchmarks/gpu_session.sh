@@ -5,6 +5,11 @@
 #   OUT=/path bash benchmarks/gpu_session.sh            # on a machine with a CUDA GPU (about 14 minutes)
 #   OUT=/path bash benchmarks/gpu_session.sh --dry      # anywhere: every part on the CPU at toy size
 #
+# Everything is written under $WORK (default /tmp/alexnet-gpu-session); after each part $OUT receives
+# summary.txt and session.tgz (every log, metrics.jsonl, config.yaml and JSON result; no checkpoints or
+# images), few files, as a machine that returns only a handful of files from $OUT needs. Python: .venv's when
+# there is one, else the python3 on PATH with src/ on PYTHONPATH (a GPU image with torch already installed).
+#
 # Parts (limits in seconds; the sum fits 15 minutes with the set-up):
 #   1. tests   pytest -m gpu, and 50 training steps of every preset on CUDA (generated images)        150
 #   2. lrn     the Triton LRN kernels against the eager passes and without LRN (bench_gpu --variants)   90
@@ -12,8 +17,11 @@
 #              store in host and GPU memory, raw and JPEG (CPU decode and nvJPEG) (bench_gpu --jpeg)   240
 #   4. long    side by side on the one GPU, each a process with a time cap: lrn-cifar --schedule paper
 #              with and without LRN, the ablations at 28 epochs (seed 0), the photos preset at a budget 300
-# Data for part 4: $ALEXNET_CIFAR (a prepared CIFAR-10 store, or the cifar10 folder of shared/data) and
-# $ALEXNET_PHOTOS (a prepared photo store, e.g. Imagewoof's); a part without its data says so in summary.txt.
+# Data: part 3 reads the 250 ImageNet photos of shared/data/imagenet-samples (copy ../shared/data/imagenet-samples
+# into the checkout's own shared/data/, which git ignores and the device tool carries; or set
+# ALEXNET_BENCH_DATA). Part 4: $ALEXNET_CIFAR (a prepared CIFAR-10 store; default shared/data/cifar-store when
+# present) and $ALEXNET_PHOTOS (a prepared photo store; default shared/data/photos-store when present); a part
+# without its data says so in summary.txt.
 # --dry runs parts 1 and 4 for real on the CPU at toy size (generated images, a few steps), and checks that
 # the GPU benchmarks of parts 2 and 3 parse their arguments, so that the device minutes go to measuring.
 set -uo pipefail
@@ -21,12 +29,30 @@ cd "$(dirname "$0")/.."
 DRY=0
 [ "${1:-}" = "--dry" ] && DRY=1
 OUT=${OUT:-benchmarks/out/gpu-session}
-mkdir -p "$OUT"
-SUMMARY="$OUT/summary.txt"
+RESULTS=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
+WORK=${WORK:-/tmp/alexnet-gpu-session}
+rm -rf "$WORK" && mkdir -p "$WORK"
+SUMMARY="$WORK/summary.txt"
 : > "$SUMMARY"
-[ -x .venv/bin/python ] || make setup > "$OUT/setup.log" 2>&1
-PY=.venv/bin/python
-ALEXNET=.venv/bin/alexnet
+if [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+else
+    PY=python3
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+fi
+ALEXNET="$PY -m alexnet"
+if [ -d shared/data ]; then
+    export ALEXNET_BENCH_DATA=${ALEXNET_BENCH_DATA:-$PWD/shared/data}
+    [ -d shared/data/cifar-store ] && ALEXNET_CIFAR=${ALEXNET_CIFAR:-$PWD/shared/data/cifar-store}
+    [ -d shared/data/photos-store ] && ALEXNET_PHOTOS=${ALEXNET_PHOTOS:-$PWD/shared/data/photos-store}
+fi
+OUT=$WORK  # below, every part writes into the work folder; pack() copies what is worth keeping to $RESULTS
+
+pack() {
+    cp "$SUMMARY" "$RESULTS/summary.txt"
+    (cd "$WORK" && find . \( -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.yaml" -o -name "*.txt" \
+        -o -name "*.md" \) -not -path "./data/*" -print0 | tar czf "$RESULTS/session.tgz" --null -T -)
+}
 if [ "$DRY" = 1 ]; then
     DEVICE=cpu; STEPS=3; SMALL="optim.batch_size=8 train.limit_val=16 train.threads=1"; LONG=240
 else
@@ -42,11 +68,12 @@ part() {
     timeout --signal=TERM --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     echo "$name: exit $rc in $((SECONDS - start)) s" | tee -a "$SUMMARY"
+    pack
 }
 
 note() { echo "$1" | tee -a "$SUMMARY"; }
 
-$PY - "$OUT" > "$OUT/machine.json" <<'EOF'
+$PY - > "$OUT/machine.json" <<'EOF'
 import json, platform, sys, torch
 info = {"torch": torch.__version__, "python": platform.python_version(), "cuda": torch.version.cuda}
 if torch.cuda.is_available():
@@ -114,4 +141,5 @@ else
     note "photos at a GPU budget: skipped, no data (set ALEXNET_PHOTOS to a prepared photo store)"
 fi
 wait
-note "done; logs and results in $OUT"
+note "done; logs and results in $RESULTS/session.tgz"
+pack

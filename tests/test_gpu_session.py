@@ -4,6 +4,7 @@ so that device minutes go to measuring and not to debugging the script."""
 
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,17 +12,22 @@ PRESETS = ("paper", "one-tower", "photos", "cifar", "cifar-ingredients", "figure
 
 
 def test_the_gpu_session_runs_every_part_in_its_dry_mode(tmp_path):
-    out = tmp_path / "session"
+    out, work = tmp_path / "out", tmp_path / "work"
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry"], cwd=ROOT,
                           capture_output=True, text=True, timeout=1200,
-                          env=dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1"))
+                          env=dict(os.environ, OUT=str(out), WORK=str(work), OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = dict(line.split(": ", 1) for line in (out / "summary.txt").read_text().splitlines() if ": exit" in line)
     expected = ["tests", *[f"steps-{p}" for p in PRESETS], "lrn", "pipe", "lrn-cifar-lrn", "lrn-cifar-no-lrn",
                 "ablations", "photos"]
     assert sorted(summary) == sorted(expected)
     failed = {name: result for name, result in summary.items() if not result.startswith("exit 0 ")}
-    assert not failed, {name: (out / f"{name}.log").read_text()[-1500:] for name in failed}
+    assert not failed, {name: (work / f"{name}.log").read_text()[-1500:] for name in failed}
     for preset in PRESETS:  # each short run trained and saved
-        assert (out / "runs" / preset / "last.pt").is_file(), preset
-    assert (out / "long" / "photos" / "config.yaml").is_file() and (out / "machine.json").is_file()
+        assert (work / "runs" / preset / "last.pt").is_file(), preset
+    # what comes back: the summary and one archive of the logs and results, without checkpoints or images
+    assert sorted(p.name for p in out.iterdir()) == ["session.tgz", "summary.txt"]
+    with tarfile.open(out / "session.tgz") as tar:
+        names = set(tar.getnames())
+    assert "./machine.json" in names and "./long/photos/config.yaml" in names
+    assert "./runs/paper/metrics.jsonl" in names and not any(n.endswith(".pt") for n in names)

@@ -4,7 +4,9 @@ At the start a few real training steps (the store's own images, read, augmented,
 and optimizer) and a validation batch are timed, and the count is the number of whole epochs, each a training
 pass and a validation, that fit in what is left of the budget. After each epoch the count is planned again from
 the epochs measured so far (the first estimate cannot see a loader thread sharing the cores, or a machine that
-slows down), so the schedule (a linear decay ends at the last epoch) ends at the budget. Each count is written
+slows down), so the schedule (a linear decay ends at the last epoch) ends at the budget: after the first epoch
+the count may go up or down, after later ones only down (a count going up and down would make the linear
+rate rise again). Each count is written
 into the run's config and checkpoints, and a resumed run carries on with it and with the time already spent.
 """
 
@@ -152,10 +154,13 @@ def plan_budget(cfg: Config, model: torch.nn.Module, store: Any, device: torch.d
 
 def replan_budget(cfg: Config, epoch_times: list[float], elapsed_s: float, done: int, device: torch.device) -> str:
     """After each epoch: cfg.train.epochs again, from the slowest epoch this process has run (every rank takes the
-    slowest rank's), so that the schedule ends at the budget; the line to print when the count changed, else ''."""
+    slowest rank's), so that the schedule ends at the budget; the line to print when the count changed, else ''.
+    The first epoch's measurement may raise the start's estimate or lower it; later ones only lower it."""
     slowest = float(all_reduce_max(torch.tensor(max(epoch_times), dtype=torch.float64, device=device)))
     spent = float(all_reduce_max(torch.tensor(elapsed_s, dtype=torch.float64, device=device)))
     epochs = replan_epochs(cfg.train.budget_s, spent, done, slowest)
+    if done > 1:  # after the first epoch's correction only fewer: a count going up and down would bend the schedule
+        epochs = min(epochs, cfg.train.epochs)
     if epochs == cfg.train.epochs:
         return ""
     before, cfg.train.epochs = cfg.train.epochs, epochs

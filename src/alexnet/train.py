@@ -177,13 +177,12 @@ def fit(run: Run, resume: str | None) -> int:
             if val is not None:
                 record.update({f"val_{k}": v for k, v in val.items()})
             st.elapsed_s = run.elapsed_at_start + time.perf_counter() - run.started
+            budget_note = ""
             if cfg.train.budget_s:
                 record["elapsed_s"] = st.elapsed_s
                 run.epoch_times.append(time.perf_counter() - start)
-                note = replan_budget(cfg, run.epoch_times, st.elapsed_s, epoch + 1, run.device)
-                if note:
-                    log.say(note)
-                    run.schedule.epochs = cfg.train.epochs
+                budget_note = replan_budget(cfg, run.epoch_times, st.elapsed_s, epoch + 1, run.device)
+                run.schedule.epochs = cfg.train.epochs
             # the schedule follows the validation error, or the training error when there is no val split
             error = val["top1_error"] if val is not None else record["train_top1_error"]
             is_best = val is None or error < st.best_error
@@ -192,7 +191,7 @@ def fit(run: Run, resume: str | None) -> int:
             st.epoch, st.step_in_epoch, st.epoch_sums = epoch + 1, 0, [0.0, 0.0, 0.0]
             log.record(record)
             log.kernels(run.model, cfg.model.towers, st.global_step)
-            log.say(epoch_line(record, cfg.train.epochs))
+            log.say(epoch_line(record, cfg.train.epochs) + (f"\n{budget_note}" if budget_note else ""))
             for hook in run.after_epoch:
                 hook(run, record)
             saved = save(run, is_best=is_best)
