@@ -116,14 +116,21 @@ CIFAR=${ALEXNET_CIFAR:-}
 if [ -z "$CIFAR" ] && [ "$DRY" = 1 ]; then CIFAR="$DATA/s32"; fi
 EXTRA=""
 ONLY=""
-[ "$DRY" = 1 ] && EXTRA="train.max_steps=2 train.device=cpu train.threads=1 optim.batch_size=8" && ONLY="--only all"
+ABLATE="--epochs 28"
+if [ "$DRY" = 1 ]; then
+    EXTRA="train.device=cpu train.threads=1 optim.batch_size=8 train.limit_val=16"
+    ONLY="--only all"
+    ABLATE="--epochs 1 --train-images 64"  # whole epochs: the table reads each run's last
+fi
 if [ -n "$CIFAR" ]; then
+    STEPS_CAP=""
+    [ "$DRY" = 1 ] && STEPS_CAP="train.max_steps=2"
     part lrn-cifar-lrn "$LONG" $ALEXNET reproduce lrn-cifar --data "$CIFAR" --out "$OUT/long/lrn-cifar" \
-        --schedule paper --seed 0 --only lrn --no-progress $EXTRA &
+        --schedule paper --seed 0 --only lrn --no-progress $EXTRA $STEPS_CAP &
     part lrn-cifar-no-lrn "$LONG" $ALEXNET reproduce lrn-cifar --data "$CIFAR" --out "$OUT/long/lrn-cifar" \
-        --schedule paper --seed 0 --only no_lrn --no-progress $EXTRA &
+        --schedule paper --seed 0 --only no_lrn --no-progress $EXTRA $STEPS_CAP &
     part ablations "$LONG" $ALEXNET reproduce ablations --data "$CIFAR" --out "$OUT/long/ablations" \
-        --seed 0 --epochs 28 --no-progress $ONLY $EXTRA &
+        --seed 0 $ABLATE --no-progress $ONLY $EXTRA &
 else
     note "long CIFAR-10 runs: skipped, no data (set ALEXNET_CIFAR to a CIFAR-10 store or folder)"
 fi

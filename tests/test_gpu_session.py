@@ -30,4 +30,4 @@ def test_the_gpu_session_runs_every_part_in_its_dry_mode(tmp_path):
     with tarfile.open(out / "session.tgz") as tar:
         names = set(tar.getnames())
     assert "./machine.json" in names and "./long/photos/config.yaml" in names
-    assert "./runs/paper/metrics.jsonl" in names and not any(n.endswith(".pt") for n in names)
+    assert "./runs/paper/config.yaml" in names and not any(n.endswith(".pt") for n in names)
