@@ -13,9 +13,9 @@ The peer (references/classification/train.py of torchvision, for alexnet): Image
 RandomResizedCrop(224) + RandomHorizontalFlip, ImageNet normalisation, SGD lr 0.01, momentum 0.9, weight decay
 1e-4, the rate following a cosine from 0.01 to 0 over the budget (by elapsed time, since the epoch count is not
 known in advance), batch 128, validation each epoch at Resize(256) + CenterCrop(224). In its best CPU settings:
-channels_last, torch.optim.SGD(fused=True), bf16 autocast where the CPU has bf16 arithmetic (as ours does; fp32
-elsewhere), the loader workers (0 to 2) and training threads (1 to all cores) that stepped fastest in a short
-trial of each, pinned memory off (no GPU). The budget counts its validation, as ours.
+channels_last, torch.optim.SGD(fused=True), freed memory kept (glibc; as ours), bf16 autocast where the CPU has
+bf16 arithmetic (as ours does; fp32 elsewhere), the loader workers (0 to 2) and training threads (1 to all
+cores) that stepped fastest in a short trial of each, pinned memory off. The budget counts its validation, as ours.
 
 Printed and written: validation top-1 against wall time for each epoch of each, images/s, peak memory (the
 process and its workers), and the time each needed to reach the peer's final accuracy.
@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from alexnet.budget import format_duration, parse_duration
 from alexnet.hardware import auto_precision
+from alexnet.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +67,7 @@ def peer_trial(data: Path, batch: int, steps: int = 6) -> dict[tuple[int, int], 
     """Images/s of the peer's training for each (loader workers, training threads) of 0 to 2 workers and 1 to all
     cores of threads, a short trial each."""
     rates = {}
+    keep_freed_memory()
     cores = len(os.sched_getaffinity(0))
     for workers, threads in [(w, t) for w in (0, 1, 2) for t in range(1, cores + 1)]:
         torch.set_num_threads(threads)
@@ -92,6 +94,7 @@ def peer_trial(data: Path, batch: int, steps: int = 6) -> dict[tuple[int, int], 
 
 def run_peer(data: Path, budget: float, workers: int, threads: int, batch: int) -> dict:
     torch.set_num_threads(threads)
+    keep_freed_memory()  # the allocator setting ours runs with, for the peer too (its best: docs/PERFORMANCE.md)
     torch.manual_seed(0)
     train, val = peer_loaders(data, workers, batch)
     model = peer_model(len(train.dataset.classes))

@@ -11,28 +11,23 @@ from alexnet.errors import UserError
 
 def env_int(name: str, default: int, minimum: int) -> int:
     """A whole number from the environment (unset or blank: `default`); UserError naming the variable otherwise."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"environment variable {name}={raw!r} is not a whole number: unset it or fix it") from None
-    if value < minimum:
-        raise UserError(f"environment variable {name}={value} must be at least {minimum}: unset it or fix it")
-    return value
+    return int(_env_number(name, default, minimum, int, "a whole number"))
 
 
 def env_float(name: str, default: float, minimum: float) -> float:
     """A finite number from the environment (unset or blank: `default`); UserError naming the variable otherwise."""
+    return float(_env_number(name, default, minimum, float, "a finite number"))
+
+
+def _env_number(name: str, default: float, minimum: float, parse: type, kind: str) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise UserError(f"environment variable {name}={raw!r} is not a number: unset it or fix it") from None
+        raise UserError(f"environment variable {name}={raw!r} is not {kind}: unset it or fix it") from None
     if not math.isfinite(value) or value < minimum:
-        raise UserError(f"environment variable {name}={raw} must be a finite number of at least {minimum}: unset it "
-                        "or fix it")
+        raise UserError(f"environment variable {name}={raw} must be {kind} of at least {minimum}: unset it or "
+                        "fix it")
     return value
