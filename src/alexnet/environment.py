@@ -28,6 +28,6 @@ def _env_number(name: str, default: float, minimum: float, parse: type, kind: st
     except ValueError:
         raise UserError(f"environment variable {name}={raw!r} is not {kind}: unset it or fix it") from None
     if not math.isfinite(value) or value < minimum:
-        raise UserError(f"environment variable {name}={raw} must be {kind} of at least {minimum}: unset it or "
-                        "fix it")
+        bound = f"at least {minimum}" if parse is int else f"a finite number of at least {minimum}"
+        raise UserError(f"environment variable {name}={raw} must be {bound}: unset it or fix it")
     return value
