@@ -1,6 +1,7 @@
 """Promises README makes that no other test checks, each against an expectation written out here: `alexnet.load`,
 `summary`'s multiply-adds counted by hand, `config`'s output read back by `--config`, the `one-tower` export
-dividing by torchvision's std inside the file, and `import-torchvision --classes`."""
+dividing by torchvision's std inside the file, export writing nothing when the saved file disagrees with the eager
+model, and `import-torchvision --classes`."""
 
 import json
 
@@ -13,6 +14,8 @@ from conftest import run_cli
 
 import alexnet
 from alexnet.config import PRESETS, build_config
+from alexnet.errors import UserError
+from alexnet.tools.export import _write_checked
 from alexnet.tools.inference import load_model
 from alexnet.train import train
 
@@ -81,6 +84,57 @@ def test_a_one_tower_export_divides_by_torchvisions_std_inside_the_file(tmp_path
         without_std = reference(((crops.float() / 255 - mean)).permute(0, 3, 1, 2))
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-4 * max(1.0, want.abs().max().item()))
     assert not torch.allclose(want, without_std, atol=1e-3)  # the check can tell the division is missing
+
+
+class _CropsToLogits(torch.nn.Module):
+    """uint8 crops (N, 28, 28, 3) -> 10 logits: a real module to trace, save and load back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(28 * 28 * 3, 10)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.linear(crops.float().flatten(1) / 255)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e-3])
+def test_export_writes_nothing_when_the_saved_file_disagrees(tmp_path, shift):
+    """A real TorchScript file of the reference, or of a copy whose bias is shifted by `shift`, is written, loaded
+    back and run. Agreement (shift 0) replaces the old file; a disagreement of 1e-3 (ten times the 1e-4
+    tolerance README states, on logits below 1 in size) leaves the old file byte for byte and no other file."""
+    cfg = build_config("cifar")
+    assert cfg.data.crop == 28  # the crops random_crops(cfg) makes for the check
+    torch.manual_seed(0)
+    reference = _CropsToLogits().eval()
+    exported = _CropsToLogits().eval()
+    exported.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        exported.linear.weight.mul_(1e-3)  # logits well below 1: the absolute tolerance applies
+        reference.linear.weight.mul_(1e-3)
+        exported.linear.bias.fill_(0.1)
+        reference.linear.bias.fill_(0.1)
+        exported.linear.bias[3] += shift
+
+    def write(tmp: str) -> None:
+        torch.jit.save(torch.jit.trace(exported, torch.zeros(2, 28, 28, 3, dtype=torch.uint8)), tmp)
+
+    def run_saved(tmp: str, crops: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return torch.jit.load(tmp)(crops).numpy()
+
+    out = tmp_path / "net.torchscript.pt"
+    out.write_bytes(b"the previous export")
+    if shift == 0.0:
+        agreement = _write_checked(out, cfg, reference, write, run_saved, "TorchScript")
+        assert agreement.max_abs_difference < 1e-6
+        crops = torch.randint(0, 256, (4, 28, 28, 3), dtype=torch.uint8)
+        with torch.no_grad():
+            np.testing.assert_allclose(torch.jit.load(str(out))(crops).numpy(), reference(crops).numpy(), atol=1e-6)
+    else:
+        with pytest.raises(UserError, match="disagrees with the eager model.*no file written"):
+            _write_checked(out, cfg, reference, write, run_saved, "TorchScript")
+        assert out.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left beside it
 
 
 def test_import_torchvision_with_classes_gives_a_head_of_its_own(tmp_path):
