@@ -4,6 +4,7 @@ its own epoch count."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -153,3 +154,21 @@ def test_a_budgeted_run_resumes_with_the_epoch_count_it_chose(shapes_store, tmp_
         if r["kind"] == "train":  # lr x (1 - progress / epochs), progress in epochs at the step's start
             progress = (r["step"] - 1) / steps_per_epoch
             assert r["lr"] == pytest.approx(0.02 * (1 - progress / chosen), rel=1e-9), r
+
+
+def test_a_recount_after_the_first_epoch_is_written_into_config_yaml(shapes_store, tmp_path, capsys):
+    """After the first epoch the count is planned again from the measured epoch (a budget of ten days: millions
+    of epochs, so the new count differs from the start's estimate); RUN/config.yaml must then say what the
+    checkpoint holds, the count the run goes on with, not the one it started with."""
+    small = {"optim.batch_size": 16, "data.crop": 32, "train.threads": 1, "model.widths": [16, 32, 32, 32, 32],
+             "model.fc": [64, 64], "optim.warmup_epochs": 0.0, "train.budget_s": 864000.0}
+    run = tmp_path / "run"
+    steps_per_epoch = 192 // 16
+    cfg = build_config("demo", overrides={**small, "train.max_steps": steps_per_epoch + 2})
+    assert train(cfg, str(shapes_store), run, progress=False) == 0
+    printed = capsys.readouterr().out
+    start = int(re.search(r"^budget [^:]+: (\d+) epochs of about", printed, re.MULTILINE).group(1))
+    assert f"epochs in all (was {start})" in printed, printed
+    on_disk = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
+    held = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["config"]["train"]["epochs"]
+    assert on_disk == held != start

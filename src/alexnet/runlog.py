@@ -96,6 +96,16 @@ class RunLog:
         except ImportError:  # tensorboard is a dependency; a broken install only loses the event files
             self.writer = None
 
+    def save_config(self, cfg: Config) -> None:
+        """config.yaml again, when the run changed its own config (a budget's epoch count re-planned), so that the
+        file says what the checkpoints hold."""
+        if not self.is_main:
+            return
+        try:
+            atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        except OSError as exc:
+            self._failed("config.yaml", exc)
+
     def close(self) -> None:
         try:
             if self.metrics_file is not None:

@@ -183,6 +183,8 @@ def fit(run: Run, resume: str | None) -> int:
                 run.epoch_times.append(time.perf_counter() - start)
                 budget_note = replan_budget(cfg, run.epoch_times, st.elapsed_s, epoch + 1, run.device)
                 run.schedule.epochs = cfg.train.epochs
+                if budget_note:
+                    log.save_config(cfg)
             # the schedule follows the validation error, or the training error when there is no val split
             error = val["top1_error"] if val is not None else record["train_top1_error"]
             is_best = val is None or error < st.best_error
